@@ -1,0 +1,94 @@
+"""``ra2batch evaluate``: score predictions with the challenge scorer against a random baseline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import pandas as pd
+
+from .catalogue import ID_COLUMN
+from .scorer import ScoringError, align, random_baseline, score
+from .storage import resolve
+
+
+def read_table(uri: str, what: str, storage_options: dict[str, Any] | None = None) -> pd.DataFrame:
+    """A CSV file or a Parquet file/dataset (local or s3://) as a DataFrame, Patient_ID as text."""
+    loc = resolve(uri, storage_options)
+    import pyarrow.fs as pafs
+
+    info = loc.fs.get_file_info(loc.path)
+    if info.type == pafs.FileType.NotFound:
+        raise ScoringError(f"{what}: {uri} does not exist")
+    try:
+        if info.type == pafs.FileType.File and loc.path.lower().endswith(".csv"):
+            with loc.fs.open_input_stream(loc.path) as f:
+                df = pd.read_csv(f, dtype={ID_COLUMN: str})
+        else:
+            import pyarrow.parquet as pq
+
+            df = pq.read_table(loc.path, filesystem=loc.fs).to_pandas()
+    except ScoringError:
+        raise
+    except Exception as e:  # a parse failure of any kind is reported, not raised at the user
+        raise ScoringError(f"{what}: cannot read {uri}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+    if ID_COLUMN in df.columns:
+        df[ID_COLUMN] = df[ID_COLUMN].astype(str)
+    return df
+
+
+def evaluate(pred: pd.DataFrame, truth: pd.DataFrame, seed: int = 0) -> dict[str, Any]:
+    """Scores of ``pred`` and of the seeded random baseline drawn from ``truth``'s labels."""
+    _, t, extra = align(pred, truth)
+    s = score(pred, truth)
+    b = score(random_baseline(truth, list(t.index), seed=seed), truth)
+    return {
+        **s.as_dict(),
+        **{f"baseline_{k}": v for k, v in b.as_dict().items()},
+        "n_patients": s.n_patients,
+        "extra_patients": extra,
+    }
+
+
+def format_table(r: dict[str, Any]) -> str:
+    lines = [f"{'':12}{'SC1 overall':>14}{'SC2 narrowing':>16}{'SC3 erosion':>14}"]
+    lines.append(f"{'predictions':12}{r['sc1']:>14.4f}{r['sc2']:>16.4f}{r['sc3']:>14.4f}")
+    lines.append(
+        f"{'baseline':12}{r['baseline_sc1']:>14.4f}{r['baseline_sc2']:>16.4f}{r['baseline_sc3']:>14.4f}"
+    )
+    ratio = [r[k] / r[f"baseline_{k}"] if r[f"baseline_{k}"] else float("nan") for k in ("sc1", "sc2", "sc3")]
+    lines.append(f"{'ratio':12}{ratio[0]:>14.3f}{ratio[1]:>16.3f}{ratio[2]:>14.3f}")
+    lines.append(f"{r['n_patients']} patients scored; lower is better (ratio < 1 beats the baseline)")
+    return "\n".join(lines)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--predictions", required=True, metavar="P",
+                   help="RA2-layout CSV, or a Parquet file/dataset with the RA2 columns (local or s3://)")
+    p.add_argument("--truth", required=True, metavar="T", help="RA2 training.csv with the gold scores")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random baseline (default 0)")
+    p.add_argument("--storage-options", type=json.loads, default=None, metavar="JSON",
+                   help="extra S3 settings, e.g. '{\"endpoint_url\": \"http://127.0.0.1:9000\"}'")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        truth = read_table(args.truth, "truth", args.storage_options)
+        pred = read_table(args.predictions, "predictions", args.storage_options)
+        r = evaluate(pred, truth, seed=args.seed)
+    except ScoringError as e:
+        print(f"ra2batch evaluate: error: {e}", file=sys.stderr)
+        return 2
+    if r["extra_patients"]:
+        ids = r["extra_patients"]
+        print(f"note: {len(ids)} patient(s) in the predictions are not in the truth and were ignored: "
+              f"{', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({k: r[k] for k in ("sc1", "sc2", "sc3", "baseline_sc1", "baseline_sc2",
+                                            "baseline_sc3", "n_patients")}))
+    else:
+        print(format_table(r))
+    return 0
