@@ -1,0 +1,378 @@
+"""The model bundle: every model of the pipeline, its weights and its manifest, as one directory.
+
+Layout (local path or ``s3://``)::
+
+    bundle.json                       # Manifest: plan, architecture, preprocessing, provenance, hashes
+    detector-hand.safetensors         # one safetensors file per model, never pickle
+    detector-foot.safetensors
+    joint-<group>.safetensors
+
+``model_version`` is the first 16 hex digits of sha256 over bundle.json's canonical JSON (sorted
+keys, no whitespace) followed by every weight file's bytes in name order; it is written beside every
+score. Loading checks each file against the sha256 recorded in bundle.json and the shapes against
+the architecture, and reports any problem as one :class:`BundleError` line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from pydantic import ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import nn
+
+from ra2batch import catalogue
+from ra2batch.models.detectors import DetectorConfig, detector_from_config
+from ra2batch.models.crops import JointCrop, joint_crops
+from ra2batch.models.joint_model import JointHeadConfig, JointModel
+from ra2batch.models.manifest import FORMAT_VERSION, Architecture, Manifest, Provenance
+from ra2batch.models.plan import PLAN, ModelPlan
+from ra2batch.models.preprocessing import Preprocessing
+from ra2batch.storage import Location, resolve
+
+MANIFEST_NAME = "bundle.json"
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be trusted or used: missing file, hash or shape mismatch, unknown format."""
+
+
+@dataclass(frozen=True)
+class Detection:
+    """The best box of one class in one image: ``box`` (x0, y0, x1, y1) in that image's pixels."""
+
+    box: tuple[float, float, float, float]
+    score: float
+
+
+def detector_file(kind: str) -> str:
+    return f"detector-{kind}.safetensors"
+
+
+def joint_file(group: str) -> str:
+    return f"joint-{group}.safetensors"
+
+
+def _canonical(raw: Mapping[str, Any]) -> bytes:
+    return json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _content_hash(raw_manifest: Mapping[str, Any], files: Mapping[str, bytes]) -> str:
+    h = hashlib.sha256(_canonical(raw_manifest))
+    for name in sorted(files):
+        h.update(files[name])
+    return h.hexdigest()[:16]
+
+
+def _batches(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+class ModelBundle:
+    """Detectors (``detectors[kind]``) and joint models (``joint_models[group]``) with their manifest.
+
+    Build an untrained one with :func:`build_bundle`, train its modules in place, then :meth:`save`;
+    the scoring job uses :func:`load_bundle`, :meth:`detect` and :meth:`score`.
+    """
+
+    def __init__(self, manifest: Manifest, detectors: dict[str, nn.Module], joint_models: dict[str, nn.Module]):
+        self._manifest = manifest
+        self.detectors = detectors
+        self.joint_models = joint_models
+        self._model_version: str | None = None  # set by save and load
+        self.device = torch.device("cpu")
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest, pretrained: Mapping[str, str] | None = None) -> ModelBundle:
+        """Untrained models for ``manifest``; ``pretrained`` maps a kind or group name to a backbone file."""
+        pretrained = dict(pretrained or {})
+        arch, prep = manifest.architecture, manifest.preprocessing
+        detectors: dict[str, nn.Module] = {
+            kind: detector_from_config(cfg, len(catalogue.detector_classes(kind)), preprocessing=prep,
+                                       pretrained_file=pretrained.pop(kind, None))
+            for kind, cfg in arch.detectors.items()
+        }
+        joints: dict[str, nn.Module] = {
+            g.name: JointModel(g.backbone, g.n_outputs, g.crop_size, arch.joint_head, preprocessing=prep,
+                               pretrained_file=pretrained.pop(g.name, None))
+            for g in manifest.plan.groups
+        }
+        if pretrained:
+            raise ValueError(f"pretrained weights given for unknown model(s): {', '.join(sorted(pretrained))}")
+        return cls(manifest, detectors, joints)
+
+    # -- description -------------------------------------------------------------------------------
+
+    @property
+    def manifest(self) -> Manifest:
+        return self._manifest
+
+    @property
+    def plan(self) -> ModelPlan:
+        return self._manifest.plan
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self._manifest.preprocessing
+
+    @property
+    def label_medians(self) -> dict[str, float]:
+        return dict(self._manifest.label_medians)
+
+    @property
+    def model_version(self) -> str:
+        """Content hash of the bundle as last saved or loaded; for one never saved, of its current state."""
+        return self._model_version or self._serialise()[2]
+
+    # -- persistence ---------------------------------------------------------------------------------
+
+    def _serialise(self) -> tuple[dict[str, Any], dict[str, bytes], str]:
+        files = {detector_file(k): _to_bytes(m) for k, m in self.detectors.items()}
+        files.update({joint_file(g): _to_bytes(m) for g, m in self.joint_models.items()})
+        weights = {n: {"sha256": hashlib.sha256(b).hexdigest(), "size": len(b)} for n, b in files.items()}
+        manifest = Manifest.model_validate({**self._manifest.model_dump(), "weights": weights})
+        raw = manifest.model_dump(mode="json")
+        return raw, files, _content_hash(raw, files)
+
+    def save(self, uri: str, *, provenance: Provenance | Mapping[str, Any] | None = None,
+             metrics: Mapping[str, Any] | None = None, label_medians: Mapping[str, float] | None = None,
+             storage_options: dict[str, Any] | None = None) -> str:
+        """Write the bundle to ``uri`` (directory or ``s3://`` prefix) and return its model_version.
+
+        ``provenance``, ``metrics`` and ``label_medians`` replace the manifest's when given. Weight
+        files are written first and bundle.json last, so an interrupted save never loads: either
+        bundle.json is absent or its hashes do not match the files.
+        """
+        update: dict[str, Any] = {}
+        if provenance is not None:
+            update["provenance"] = Provenance.model_validate(
+                provenance.model_dump() if isinstance(provenance, Provenance) else dict(provenance))
+        if metrics is not None:
+            update["metrics"] = dict(metrics)
+        if label_medians is not None:
+            update["label_medians"] = {k: float(v) for k, v in label_medians.items()}
+        if update:
+            self._manifest = Manifest.model_validate({**self._manifest.model_dump(), **update})
+        raw, files, version = self._serialise()
+        loc = resolve(uri, storage_options)
+        for name, data in files.items():
+            loc.write_bytes(data, name)
+        loc.write_bytes(json.dumps(raw, indent=2, sort_keys=True).encode() + b"\n", MANIFEST_NAME)
+        self._manifest = Manifest.model_validate(raw)
+        self._model_version = version
+        return version
+
+    # -- placement -----------------------------------------------------------------------------------
+
+    def to(self, device: str | torch.device) -> ModelBundle:
+        """Move every model; on CUDA they also switch to channels_last (inference uses bf16 autocast)."""
+        self.device = torch.device(device)
+        fmt = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
+        for m in [*self.detectors.values(), *self.joint_models.values()]:
+            m.to(self.device, memory_format=fmt)
+        return self
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # -- inference -----------------------------------------------------------------------------------
+
+    def detect(self, images: Sequence[np.ndarray], kind: str, *, batch_size: int = 4) -> list[dict[str, Detection]]:
+        """Best box per class per image: ``images`` are float32 ``H x W`` in [0, 1].
+
+        Returns one ``{class: Detection}`` per image, boxes in that image's pixels; classes with no box
+        scoring at least the detector's ``min_score`` are absent.
+        """
+        if kind not in self.detectors:
+            raise ValueError(f"no {kind!r} detector in this bundle; it has {', '.join(self.detectors)}")
+        model = self.detectors[kind]
+        classes = catalogue.detector_classes(kind)
+        min_score = self._manifest.architecture.detectors[kind].min_score  # type: ignore[index]
+        tensors = [_image_tensor(im, i) for i, im in enumerate(images)]
+        found: list[dict[str, Detection]] = []
+        with _evaluating(model), torch.inference_mode(), self._autocast(), _fp32_head_outputs(model.head):
+            for sl in _batches(len(tensors), batch_size):
+                outputs = model([t.to(self.device) for t in tensors[sl]])
+                found += [_best_per_class(o, classes, min_score) for o in outputs]
+        return found
+
+    def score(self, group_name: str, crops: np.ndarray, *, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """Scores of one joint group for float32 crops ``[N, S, S]`` (from ``crops.cut``).
+
+        Returns ``(scores [N, n_outputs] >= 0, attention [N, h, w] in [0, 1])`` as float32 arrays;
+        output ``k`` of a crop is the column ``group.columns(limb, crop_class)[k]``.
+        """
+        if group_name not in self.joint_models:
+            raise ValueError(f"no joint group {group_name!r} in this bundle; it has {', '.join(self.joint_models)}")
+        model = self.joint_models[group_name]
+        group = self.plan.group(group_name)
+        x = np.asarray(crops, dtype=np.float32)
+        size = group.crop_size
+        if x.ndim != 3 or x.shape[1:] != (size, size):
+            raise ValueError(f"group {group_name} takes crops [N, {size}, {size}], got shape {x.shape}")
+        h, w = model.feature_size
+        scores, attention = [np.zeros((0, group.n_outputs), np.float32)], [np.zeros((0, h, w), np.float32)]
+        with _evaluating(model), torch.inference_mode(), self._autocast():
+            for sl in _batches(len(x), batch_size):
+                s, a = model(torch.from_numpy(x[sl]).to(self.device))
+                scores.append(s.float().cpu().numpy())
+                attention.append(a.float().cpu().numpy())
+        return np.concatenate(scores), np.concatenate(attention)
+
+    def joint_crops(self, image: np.ndarray, detections: Mapping[str, Any], limb: str) -> Iterator[JointCrop]:
+        """:func:`ra2batch.models.crops.joint_crops` with this bundle's plan and crop margin."""
+        return joint_crops(image, detections, limb, self.plan, margin=self.preprocessing.crop_margin)
+
+
+@contextlib.contextmanager
+def _evaluating(module: nn.Module) -> Iterator[None]:
+    """Eval mode for the duration, then the caller's mode again (a trainer may validate mid-training)."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+@contextlib.contextmanager
+def _fp32_head_outputs(head: nn.Module) -> Iterator[None]:
+    """Hand the detector's box decoding fp32 logits and offsets: in bf16 a box at x ~ 1000 px would be
+    rounded to 4-8 px."""
+    handle = head.register_forward_hook(lambda _m, _i, out: {k: v.float() for k, v in out.items()})
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _to_bytes(module: nn.Module) -> bytes:
+    return save_safetensors({k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()})
+
+
+def _image_tensor(image: np.ndarray, index: int) -> torch.Tensor:
+    a = np.asarray(image, dtype=np.float32)
+    if a.ndim != 2:
+        raise ValueError(f"image {index}: expected a grey H x W array, got shape {a.shape}")
+    if a.size and not (a.min() >= 0.0 and a.max() <= 1.0):
+        raise ValueError(f"image {index}: values must lie in [0, 1], got {a.min():g}..{a.max():g}")
+    return torch.from_numpy(a)[None]
+
+
+def _best_per_class(output: Mapping[str, torch.Tensor], classes: Sequence[str],
+                    min_score: float) -> dict[str, Detection]:
+    boxes = output["boxes"].float().cpu().numpy()
+    scores = output["scores"].float().cpu().numpy()
+    labels = output["labels"].cpu().numpy()
+    best: dict[str, Detection] = {}
+    for label, name in enumerate(classes, start=1):
+        idx = np.flatnonzero((labels == label) & (scores >= min_score))
+        if idx.size:
+            i = idx[np.argmax(scores[idx])]
+            best[name] = Detection(tuple(float(v) for v in boxes[i]), float(scores[i]))  # type: ignore[arg-type]
+    return best
+
+
+def build_bundle(
+    plan: ModelPlan = PLAN,
+    detectors: DetectorConfig | Mapping[str, DetectorConfig] = DetectorConfig(),
+    *,
+    joint_head: JointHeadConfig = JointHeadConfig(),
+    preprocessing: Preprocessing = Preprocessing(),
+    pretrained: Mapping[str, str] | None = None,
+) -> ModelBundle:
+    """An untrained bundle in memory: a hand and a foot detector and one joint model per plan group.
+
+    ``detectors`` is one config for both kinds or ``{"hand": ..., "foot": ...}``; ``pretrained`` maps
+    ``"hand"``/``"foot"``/a group name to a local safetensors file of backbone weights.
+    """
+    per_kind = dict(detectors) if isinstance(detectors, Mapping) else {"hand": detectors, "foot": detectors}
+    manifest = Manifest(plan=plan, architecture=Architecture(detectors=per_kind, joint_head=joint_head),
+                        preprocessing=preprocessing)
+    return ModelBundle.from_manifest(manifest, pretrained)
+
+
+def _read_manifest(loc: Location, uri: str) -> tuple[dict[str, Any], Manifest]:
+    if not loc.exists(MANIFEST_NAME):
+        raise BundleError(f"{uri}: no {MANIFEST_NAME}; not a model bundle (or its save did not finish)")
+    try:
+        raw = json.loads(loc.read_bytes(MANIFEST_NAME))
+    except ValueError as e:
+        raise BundleError(f"{uri}: {MANIFEST_NAME} is not valid JSON ({e})") from None
+    version = raw.get("format_version") if isinstance(raw, dict) else None
+    if version != FORMAT_VERSION:
+        raise BundleError(f"{uri}: bundle format version {version!r} is not supported (this ra2batch reads "
+                          f"version {FORMAT_VERSION})")
+    try:
+        return raw, Manifest.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise BundleError(f"{uri}: invalid {MANIFEST_NAME}: {where}: {first['msg']}") from None
+
+
+def _read_weights(loc: Location, uri: str, manifest: Manifest, expected: Sequence[str]) -> dict[str, bytes]:
+    missing_entries = [n for n in expected if n not in manifest.weights]
+    if missing_entries:
+        raise BundleError(f"{uri}: {MANIFEST_NAME} records no hash for {', '.join(missing_entries)}")
+    unused = sorted(set(manifest.weights) - set(expected))
+    if unused:
+        raise BundleError(f"{uri}: {MANIFEST_NAME} lists weight files no model uses: {', '.join(unused)}")
+    files: dict[str, bytes] = {}
+    for name, rec in manifest.weights.items():
+        if not loc.exists(name):
+            raise BundleError(f"{uri}: missing weight file {name}")
+        data = loc.read_bytes(name)
+        if len(data) != rec.size:
+            raise BundleError(f"{uri}: {name} has {len(data)} bytes but {MANIFEST_NAME} records {rec.size} "
+                              "(truncated or replaced)")
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != rec.sha256:
+            raise BundleError(f"{uri}: {name} sha256 {digest[:12]}... does not match {MANIFEST_NAME} "
+                              f"({rec.sha256[:12]}...): the file was changed or corrupted")
+        files[name] = data
+    return files
+
+
+def _load_into(module: nn.Module, data: bytes, name: str, uri: str) -> None:
+    try:
+        state = load_safetensors(data)
+    except SafetensorError as e:
+        raise BundleError(f"{uri}: {name} is not a readable safetensors file ({e})") from None
+    want = module.state_dict()
+    for key, t in want.items():
+        if key not in state:
+            raise BundleError(f"{uri}: {name} lacks weight {key} that the architecture needs")
+        if tuple(state[key].shape) != tuple(t.shape):
+            raise BundleError(f"{uri}: {name}: {key} has shape {tuple(state[key].shape)} but the architecture "
+                              f"in {MANIFEST_NAME} needs {tuple(t.shape)}")
+    extra = sorted(set(state) - set(want))
+    if extra:
+        raise BundleError(f"{uri}: {name} has {len(extra)} weights the architecture does not use (first: {extra[0]})")
+    module.load_state_dict(state)
+
+
+def load_bundle(uri: str, storage_options: dict[str, Any] | None = None) -> ModelBundle:
+    """Load and verify a bundle from a directory or ``s3://`` prefix (weights on the CPU)."""
+    loc = resolve(uri, storage_options)
+    raw, manifest = _read_manifest(loc, uri)
+    bundle = ModelBundle.from_manifest(manifest)
+    expected = [detector_file(k) for k in bundle.detectors] + [joint_file(g) for g in bundle.joint_models]
+    files = _read_weights(loc, uri, manifest, expected)
+    for kind, module in bundle.detectors.items():
+        _load_into(module, files[detector_file(kind)], detector_file(kind), uri)
+    for group, module in bundle.joint_models.items():
+        _load_into(module, files[joint_file(group)], joint_file(group), uri)
+    bundle._model_version = _content_hash(raw, files)
+    return bundle
