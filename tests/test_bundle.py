@@ -227,3 +227,25 @@ def test_bundle_round_trips_through_s3(bundle, monkeypatch):
         assert np.array_equal(loaded.score("erosion_toes", _crops())[0], bundle.score("erosion_toes", _crops())[0])
     finally:
         server.stop()
+
+
+def test_score_tta_averages_flip_and_measures_disagreement():
+    import numpy as np
+
+    from ra2batch.models import PLAN, build_bundle
+
+    plan = PLAN.variant(backbones="test_efficientnet", crop_sizes=64)
+    bundle = build_bundle(plan)
+    rng = np.random.default_rng(0)
+    crops = rng.random((3, 64, 64), dtype=np.float32)
+    crops[:, :, :20] = 0  # asymmetric, so the flip changes the input
+    scores, attention, unc = bundle.score_tta("erosion_fingers", crops)
+    plain, _ = bundle.score("erosion_fingers", crops)
+    flipped, _ = bundle.score("erosion_fingers", crops[:, :, ::-1].copy())
+    np.testing.assert_allclose(scores, (plain + flipped) / 2, rtol=1e-6)
+    np.testing.assert_allclose(unc, np.abs(plain - flipped), rtol=1e-6)
+    assert unc.shape == scores.shape == (3, 2) and attention.shape[0] == 3
+    # a left-right symmetric crop has no disagreement
+    sym = np.ascontiguousarray((crops + crops[:, :, ::-1]) / 2)
+    _, _, u0 = bundle.score_tta("erosion_fingers", sym)
+    assert float(u0.max()) < 1e-5

@@ -230,6 +230,20 @@ class ModelBundle:
                 attention.append(a.float().cpu().numpy())
         return np.concatenate(scores), np.concatenate(attention)
 
+    def score_tta(self, group_name: str, crops: np.ndarray, *, batch_size: int = 64
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Scores averaged over the crop and its horizontal flip (test-time augmentation).
+
+        Returns ``(scores [N, n_outputs], attention [N, h, w], uncertainty [N, n_outputs])``: the
+        attention map is the unflipped crop's (it explains the pixels as shown), and ``uncertainty``
+        is ``|score(crop) - score(flipped crop)|``, in score points, a disagreement measure that
+        flags joints for human review.
+        """
+        x = np.asarray(crops, dtype=np.float32)
+        plain, attention = self.score(group_name, x, batch_size=batch_size)
+        flipped, _ = self.score(group_name, np.ascontiguousarray(x[:, :, ::-1]), batch_size=batch_size)
+        return (plain + flipped) / 2, attention, np.abs(plain - flipped)
+
     def joint_crops(self, image: np.ndarray, detections: Mapping[str, Any], limb: str) -> Iterator[JointCrop]:
         """:func:`ra2batch.models.crops.joint_crops` with this bundle's plan and crop margin."""
         return joint_crops(image, detections, limb, self.plan, margin=self.preprocessing.crop_margin)
