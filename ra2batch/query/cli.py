@@ -1,0 +1,108 @@
+"""``ra2batch query``: the named cohort queries and free SQL on the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import pandas as pd
+
+from ra2batch.catalogue import ID_COLUMN
+from ra2batch.evaluate import read_table
+from ra2batch.scorer import ScoringError
+
+from . import named
+from .output import render, write
+from .results import QueryError, Results, one_line, open_results
+
+
+def _read_manifest(uri: str, storage_options: dict[str, Any] | None) -> pd.DataFrame:
+    try:
+        return read_table(uri, "--manifest", storage_options)
+    except ScoringError as e:
+        raise QueryError(str(e)) from e
+
+
+def _distribution(res: Results, a: argparse.Namespace) -> pd.DataFrame:
+    manifest = _read_manifest(a.manifest, a.storage_options) if a.manifest else None
+    return named.distribution(res, a.by, a.column, a.prefix_len, manifest)
+
+
+def _progression(res: Results, a: argparse.Namespace) -> pd.DataFrame:
+    dates = named.read_visit_dates(a.visit_dates, a.storage_options) if a.visit_dates else None
+    return named.progression(res, a.sdc, a.column, dates)
+
+
+#: name -> (help, how to run it)
+QUERIES = {
+    "distribution": ("score distribution per cohort (Patient_ID prefix or a column)", _distribution),
+    "above": ("patients whose score is above a threshold", lambda r, a: named.above(r, a.threshold, a.column)),
+    "progression": ("change between visits, per year, flagged against the smallest detectable change",
+                    _progression),
+    "prevalence": ("per-joint damage prevalence", lambda r, a: named.prevalence(r, a.min_score)),
+    "compare": ("two model versions on the same images, per RA2 column",
+                lambda r, a: named.compare(r, a.a, a.b)),
+    "sql": ("free SQL over the patients, joints, images and catalogue views",
+            lambda r, a: named.sql(r, a.query)),
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--results", action="append", required=True, metavar="OUT",
+                   help="the scoring job's --output (local or s3://); give it twice to stack two runs, "
+                        "e.g. to compare model versions")
+    p.add_argument("--storage-options", type=json.loads, default=None, metavar="JSON",
+                   help="extra S3 settings, e.g. '{\"endpoint_url\": \"http://127.0.0.1:9000\"}'")
+    p.add_argument("--model-version", default=None, metavar="V",
+                   help="keep only this model version's rows (needed when the results hold several)")
+    out = argparse.ArgumentParser(add_help=False)
+    out.add_argument("--out", default=None, metavar="FILE",
+                     help="write all rows to FILE.csv or FILE.parquet (local or s3://) instead of the screen")
+    score = argparse.ArgumentParser(add_help=False)
+    score.add_argument("--column", default="Overall_Tol",
+                       help="patients column to use: a total or an RA2 column (default Overall_Tol)")
+    sub = p.add_subparsers(dest="query_name", metavar="QUERY", required=True)
+    scored = {"distribution", "above", "progression"}
+    parsers = {name: sub.add_parser(name, help=h, description=h, parents=[out, score] if name in scored else [out])
+               for name, (h, _) in QUERIES.items()}
+
+    d = parsers["distribution"]
+    d.add_argument("--by", default="prefix", metavar="prefix|COLUMN",
+                   help=f"group by the {ID_COLUMN} prefix (default) or by a column of patients or --manifest")
+    d.add_argument("--prefix-len", type=int, default=None, metavar="N",
+                   help=f"prefix = first N characters of {ID_COLUMN} (default: the part before the first digit)")
+    d.add_argument("--manifest", default=None, metavar="FILE",
+                   help=f"CSV/Parquet with {ID_COLUMN} (and optionally visit) and the --by column")
+    parsers["above"].add_argument("--threshold", type=float, required=True, metavar="T",
+                                  help="list rows whose score is strictly greater than T")
+    g = parsers["progression"]
+    g.add_argument("--sdc", type=float, default=5.0,
+                   help="smallest detectable change in score units; change > SDC is flagged (default 5)")
+    g.add_argument("--visit-dates", default=None, metavar="FILE",
+                   help=f"CSV/Parquet with {ID_COLUMN}, visit, date (YYYY-MM-DD) for visits not named by date")
+    parsers["prevalence"].add_argument("--min-score", type=float, default=1.0,
+                                       help="a joint counts as damaged at this predicted score or more (default 1)")
+    parsers["compare"].add_argument("--a", default=None, metavar="VERSION", help="the reference model version")
+    parsers["compare"].add_argument("--b", default=None, metavar="VERSION", help="the model version compared to it")
+    parsers["sql"].add_argument("query", metavar="SQL",
+                                help="e.g. \"SELECT visit, count(*) FROM patients GROUP BY 1\"")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        res = open_results(args.results, args.storage_options, args.model_version)
+        df = QUERIES[args.query_name][1](res, args)
+        if args.out:
+            write(df, args.out, args.storage_options)
+            print(f"{len(df)} rows written to {args.out}")
+        else:
+            print(render(df))
+    except QueryError as e:
+        print(f"ra2batch query: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"ra2batch query: {one_line(e)}", file=sys.stderr)
+        return 2
+    return 0
