@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
     "train": ("training.cli", "train detectors and joint models into a model bundle (Ray Train)"),
     "score": ("job.cli", "score an archive of radiographs into per-patient Parquet (Ray Data)"),
     "evaluate": ("evaluate", "score predictions with the RA2 challenge scorer against the baseline"),
-    "query": ("query", "named cohort queries and SQL over scoring outputs"),
+    "query": ("query.cli", "named cohort queries and SQL over scoring outputs"),
     "report": ("report", "static HTML review site with attention overlays"),
 }
 
