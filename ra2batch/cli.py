@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
     "score": ("job.cli", "score an archive of radiographs into per-patient Parquet (Ray Data)"),
     "evaluate": ("evaluate", "score predictions with the RA2 challenge scorer against the baseline"),
     "query": ("query.cli", "named cohort queries and SQL over scoring outputs"),
-    "report": ("report", "static HTML review site with attention overlays"),
+    "report": ("report.cli", "static HTML review site with attention overlays"),
 }
 
 

@@ -72,6 +72,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline (default 0)")
     p.add_argument("--storage-options", type=json.loads, default=None, metavar="JSON",
                    help="extra S3 settings, e.g. '{\"endpoint_url\": \"http://127.0.0.1:9000\"}'")
+    p.add_argument("--plots", metavar="DIR",
+                   help="also write predicted-vs-true, per-joint error map and Bland-Altman PNGs into DIR")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -86,6 +88,11 @@ def main(args: argparse.Namespace) -> int:
         ids = r["extra_patients"]
         print(f"note: {len(ids)} patient(s) in the predictions are not in the truth and were ignored: "
               f"{', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}", file=sys.stderr)
+    if args.plots:
+        from .plots import write_plots
+
+        for path in write_plots(pred, truth, args.plots):
+            print(f"wrote {path}", file=sys.stderr)
     if args.json:
         print(json.dumps({k: r[k] for k in ("sc1", "sc2", "sc3", "baseline_sc1", "baseline_sc2",
                                             "baseline_sc3", "n_patients")}))

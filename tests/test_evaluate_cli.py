@@ -75,3 +75,12 @@ def test_missing_file_is_clear(files):
     d, _ = files
     r = run("--predictions", str(d / "nope.csv"), "--truth", str(d / "training.csv"))
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_plots_written(files):
+    d, _ = files
+    r = run("--predictions", str(d / "pred.csv"), "--truth", str(d / "training.csv"), "--plots", str(d / "plots"))
+    assert r.returncode == 0, r.stderr
+    names = sorted(p.name for p in (d / "plots").iterdir())
+    assert names == ["bland_altman.png", "joint_error_map.png", "predicted_vs_true.png"]
+    assert all((d / "plots" / n).stat().st_size > 5000 for n in names)
