@@ -1,0 +1,179 @@
+"""ra2batch.imaging.readers: every supported format decodes to bone-bright [0, 1] pixels with the
+right size and depth, identifying DICOM values never leak, and every bad input fails clearly."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
+
+from ra2batch.imaging.readers import ImageDecodeError, decode
+
+RAMP = np.tile(np.linspace(0, 1, 40, dtype=np.float32), (30, 1))  # 30 x 40, dark left, bright right
+
+
+def _pil_bytes(arr: np.ndarray, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _dicom(stored: np.ndarray, *, bits: int = 12, photometric: str = "MONOCHROME2", slope: str | None = None,
+           intercept: str | None = None, frames: int = 1, pixel_data: bool = True) -> Dataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = "2.25.1"
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, "2.25.1"
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = "Secret^Person", "MRN-12345", "19500101"
+    ds.AccessionNumber = "ACC999"
+    ds.Modality, ds.BodyPartExamined, ds.ImageLaterality = "DX", "HAND", "L"
+    ds.Rows, ds.Columns = stored.shape[-2:]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    if slope is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if pixel_data:
+        ds.PixelData = stored.astype("<u2").tobytes()
+    return ds
+
+
+def _save(ds: Dataset) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_jpeg_reads_as_8_bit_luminance():
+    rad = decode(_pil_bytes((RAMP * 255).astype(np.uint8), "JPEG", quality=95), "x.JPG")
+    assert (rad.width, rad.height, rad.bits, rad.format) == (40, 30, 8, "jpeg")
+    assert rad.pixels.dtype == np.float32 and 0 <= rad.pixels.min() and rad.pixels.max() <= 1
+    assert np.abs(rad.pixels - RAMP).max() < 0.05
+
+
+def test_png16_keeps_all_16_bits():
+    stored = (RAMP * 65535).astype(np.uint16)
+    rad = decode(_pil_bytes(stored, "PNG"), "x.png")
+    assert (rad.width, rad.height, rad.bits, rad.format) == (40, 30, 16, "png")
+    np.testing.assert_allclose(rad.pixels, stored / 65535.0, atol=1e-6)
+
+
+def test_colour_png_becomes_luminance():
+    rgb = np.zeros((30, 40, 3), np.uint8)
+    rgb[..., 1] = 200  # pure green
+    rad = decode(_pil_bytes(rgb, "PNG"), "colour.png")
+    assert rad.pixels.shape == (30, 40) and rad.bits == 8
+    assert abs(float(rad.pixels.mean()) - 0.587 * 200 / 255) < 0.01
+
+
+def test_dicom_monochrome2_normalised_by_bits_stored_without_identifying_meta():
+    stored = np.round(RAMP * 4095).astype(np.uint16)
+    rad = decode(_save(_dicom(stored, bits=12)), "scan.dcm")
+    assert (rad.width, rad.height, rad.bits, rad.format) == (40, 30, 12, "dicom")
+    np.testing.assert_allclose(rad.pixels, stored / 4095.0, atol=1e-6)
+    assert rad.meta["photometric"] == "MONOCHROME2" and rad.meta["modality"] == "DX"
+    text = repr(rad.meta)
+    for secret in ("Secret", "MRN-12345", "19500101", "ACC999"):
+        assert secret not in text
+
+
+def test_dicom_monochrome1_is_inverted_and_rescale_applied():
+    stored = np.round(RAMP * 4095).astype(np.uint16)
+    mono1 = decode(_save(_dicom(4095 - stored, bits=12, photometric="MONOCHROME1")), "m1.dcm")
+    np.testing.assert_allclose(mono1.pixels, stored / 4095.0, atol=1e-6)  # bone bright again
+    rescaled = decode(_save(_dicom(stored, bits=12, slope="2", intercept="-1000")), "r.dcm")
+    np.testing.assert_allclose(rescaled.pixels, stored / 4095.0, atol=1e-6)  # linear rescale keeps [0, 1]
+
+
+def test_dicom_recognised_by_preamble_without_suffix():
+    stored = np.round(RAMP * 65535).astype(np.uint16)
+    rad = decode(_save(_dicom(stored, bits=16)), "IM000001")
+    assert rad.format == "dicom" and rad.bits == 16
+
+
+def test_multiframe_dicom_gives_first_frame():
+    frames = np.stack([np.round(RAMP * 4095), np.zeros_like(RAMP), np.full_like(RAMP, 4095)]).astype(np.uint16)
+    rad = decode(_save(_dicom(frames, frames=3)), "cine.dcm")
+    assert rad.pixels.shape == (30, 40) and rad.meta["frames"] == 3
+    np.testing.assert_allclose(rad.pixels, frames[0] / 4095.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless], ids=["rle", "jpeg2000"])
+def test_compressed_dicom_decodes_losslessly(syntax):
+    stored = np.round(np.tile(np.linspace(0, 4095, 96), (64, 1))).astype(np.uint16)  # OpenJPEG needs >= 64 px
+    ds = _dicom(stored, bits=12)
+    try:
+        ds.compress(syntax, stored, encoding_plugin="pydicom" if syntax == RLELossless else "")
+    except (RuntimeError, ValueError) as e:  # encoder plugin missing in this environment
+        pytest.skip(f"no encoder for {syntax.name}: {e}")
+    rad = decode(_save(ds), "c.dcm")
+    assert rad.meta["transfer_syntax"] == str(syntax) and rad.bits == 12 and rad.pixels.shape == (64, 96)
+    np.testing.assert_allclose(rad.pixels, stored / 4095.0, atol=1e-6)
+
+
+def test_unsupported_transfer_syntax_names_it_and_the_plugins():
+    ds = _dicom(np.zeros((30, 40), np.uint16))
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG2: no decoder exists
+    ds.PixelData = encapsulate([b"\x00" * 64])
+    with pytest.raises(ImageDecodeError, match=r"1\.2\.840\.10008\.1\.2\.4\.100.*pylibjpeg"):
+        decode(_save(ds), "video.dcm")
+
+
+@pytest.mark.parametrize(
+    "data, name, message",
+    [
+        (b"", "empty.jpg", "empty file"),
+        (b"this is a report, not an image", "notes.png", "not a readable"),
+        (b"GIF89a....", "anim.gif", "unsupported file type"),
+    ],
+    ids=["zero-bytes", "not-an-image", "unsupported-suffix"],
+)
+def test_bad_bytes_raise_clear_errors(data, name, message):
+    with pytest.raises(ImageDecodeError, match=message):
+        decode(data, name)
+
+
+def test_truncated_jpeg_and_dicom_raise():
+    jpeg = _pil_bytes((RAMP * 255).astype(np.uint8), "JPEG")
+    with pytest.raises(ImageDecodeError, match="truncated"):
+        decode(jpeg[: len(jpeg) // 2], "cut.jpg")
+    dcm = _save(_dicom(np.round(RAMP * 4095).astype(np.uint16)))
+    with pytest.raises(ImageDecodeError):
+        decode(dcm[:-500], "cut.dcm")
+
+
+def test_dicom_without_pixel_data_is_refused():
+    with pytest.raises(ImageDecodeError, match="no pixel data"):
+        decode(_save(_dicom(np.zeros((30, 40), np.uint16), pixel_data=False)), "sr.dcm")
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose (valid-CRC) header claims ``width x height`` but holds almost no data."""
+    png = bytearray(_pil_bytes(np.zeros((1, 1), np.uint8), "PNG"))
+    ihdr = struct.pack(">II", width, height) + bytes(png[24:29])
+    png[16:29] = ihdr
+    png[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr) & 0xFFFFFFFF)
+    return bytes(png)
+
+
+def test_decompression_bombs_refused_from_the_header():
+    # the header claims 150 megapixels; the refusal must come before any pixel is decoded
+    with pytest.raises(ImageDecodeError, match="megapixels"):
+        decode(_png_claiming(15000, 10000), "bomb.png")
+    ds = _dicom(np.zeros((2, 2), np.uint16))
+    ds.Rows = ds.Columns = 20000
+    with pytest.raises(ImageDecodeError, match="megapixels"):
+        decode(_save(ds), "bomb.dcm")
+    with pytest.raises(ImageDecodeError, match="limit of 0.001 megapixels"):
+        decode(_pil_bytes((RAMP * 255).astype(np.uint8), "PNG"), "small.png", max_pixels=1000)
