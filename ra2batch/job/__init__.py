@@ -1,0 +1,24 @@
+"""The Ray Data scoring job: radiograph archive in, per-patient RA2 scores out.
+
+    from ra2batch.job import score_archive
+    summary = score_archive("s3://archive/radiographs", "s3://results/run1")
+    print(summary.format())
+
+``pipeline`` is the job as one chain of stages; ``inputs`` lists and identifies files; ``decode``
+(CPU tasks) and ``predictors`` (model actors) are the stages; ``assemble`` builds the patients
+table and predictions.csv; ``tables`` holds the output schemas (the contract in docs/design.md);
+``config`` the pool and batch sizes.
+The names below are imported on first use, so ``ra2batch --help`` does not start importing Ray.
+"""
+
+from ra2batch.job.config import JobConfig
+
+__all__ = ["JobConfig", "JobError", "JobSummary", "score_archive"]
+
+
+def __getattr__(name: str):
+    if name in ("JobError", "JobSummary", "score_archive"):
+        from ra2batch.job import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module 'ra2batch.job' has no attribute {name!r}")

@@ -1,0 +1,131 @@
+"""Per-patient assembly: from per-image and per-joint rows to the patients table and predictions.csv.
+
+Runs on the driver in pandas: it sees file metadata and about 86 joint rows per patient, never
+pixels. A joint that was not scored stays NaN in the patients table (never 0, never another joint's
+value) and is explained by the patient's ``qc_flags``; only predictions.csv, which the challenge
+format requires to be complete, fills it, and records each fill as ``filled:COLUMN``.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+from ra2batch import catalogue
+from ra2batch.catalogue import COLUMNS, EROSION, ID_COLUMN, LIMBS, TEMPLATE_ORDER
+
+KEY = [ID_COLUMN, "visit"]
+_LIMB_KEY = [ID_COLUMN, "_visit", "limb"]
+
+
+def _keyed(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with ``_visit``: the visit, or "" when there is none (pandas groups NaN keys poorly)."""
+    return df.assign(_visit=df["visit"].fillna("").astype(str))
+
+
+def _visit_label(pid: str, visit: str) -> str:
+    return f"{pid} visit {visit}" if visit else pid
+
+
+def choose_images(images: pd.DataFrame) -> tuple[pd.Series, list[str]]:
+    """Which file is used for each (patient, visit, limb), and one message per duplicated limb.
+
+    The rule: the lexicographically first path among the files that decoded, so a corrupt copy never
+    hides a good one. Files in error or without a patient and limb are never chosen.
+    """
+    known = _keyed(images[images[ID_COLUMN].notna() & images["limb"].notna()])
+    ok = known[known["status"] == "ok"].sort_values("path")
+    chosen = pd.Series(images.index.isin(ok.drop_duplicates(_LIMB_KEY).index), index=images.index)
+    messages: list[str] = []
+    repeated = known[known.duplicated(_LIMB_KEY, keep=False)]
+    for (pid, visit, limb), files in repeated.groupby(_LIMB_KEY, sort=True):
+        used = files.loc[chosen[files.index], "path"]
+        others = sorted(p for p in files["path"] if p not in set(used))
+        rule = f"used {used.iloc[0]} (the first readable path in sort order)" if len(used) else "none is readable"
+        messages.append(f"{_visit_label(pid, visit)} has {len(files)} {limb} files: {rule}; "
+                        f"not used: {', '.join(others)}")
+    return chosen, messages
+
+
+def _limb_flags(limb: str, n_files: int, chosen: bool, found: set[str]) -> list[str]:
+    if not chosen:
+        return [f"missing_limb:{limb}"] + ([f"image_error:{limb}"] if n_files else [])
+    flags = [f"duplicate_image:{limb}"] if n_files > 1 else []
+    kind = catalogue.limb_kind(limb)
+    return flags + [f"not_detected:{limb}:{c}" for c in catalogue.detector_classes(kind) if c not in found]
+
+
+_IS_EROSION = np.isin(COLUMNS, EROSION)
+
+
+def _totals(values: np.ndarray) -> dict[str, float]:
+    """Sums of the joints present (NaN when none is), ``values`` in ``COLUMNS`` order."""
+    def total(v: np.ndarray) -> float:
+        return float(np.nansum(v)) if np.isfinite(v).any() else np.nan
+
+    return {"Overall_Tol": total(values), "Overall_erosion": total(values[_IS_EROSION]),
+            "Overall_narrowing": total(values[~_IS_EROSION])}
+
+
+def assemble_patients(images: pd.DataFrame, joints: pd.DataFrame) -> pd.DataFrame:
+    """One row per (Patient_ID, visit) named by any file; ``images`` must carry ``chosen``.
+
+    Only joints of chosen files count. Totals are sums of the joints present (NaN when none is) and
+    are flagged ``partial_totals`` when any of the 86 joints is missing.
+    """
+    files = _keyed(images[images[ID_COLUMN].notna()])
+    used = _keyed(joints[joints["path"].isin(files.loc[files["chosen"], "path"])])
+    scores = used.pivot_table(index=[ID_COLUMN, "_visit"], columns="column", values="score", aggfunc="first")
+    scores = dict(zip(scores.index, scores.reindex(columns=list(COLUMNS)).to_numpy(float)))
+    n_files = files.groupby(_LIMB_KEY).size().to_dict()
+    chosen = set(files.loc[files["chosen"], _LIMB_KEY].itertuples(index=False, name=None))
+    found: dict[tuple[str, str, str], set[str]] = {}
+    for *limb_key, crop_class in used[[*_LIMB_KEY, "crop_class"]].drop_duplicates().itertuples(index=False):
+        found.setdefault(tuple(limb_key), set()).add(crop_class)
+    empty = np.full(len(COLUMNS), np.nan)
+    rows = []
+    for (pid, visit), n_images in files.groupby([ID_COLUMN, "_visit"], sort=True).size().items():
+        values = scores.get((pid, visit), empty)
+        flags = [f for limb in LIMBS for f in _limb_flags(limb, n_files.get((pid, visit, limb), 0),
+                                                           (pid, visit, limb) in chosen,
+                                                           found.get((pid, visit, limb), set()))]
+        if np.isnan(values).any():
+            flags.append("partial_totals")
+        present = sorted(limb for limb in LIMBS if (pid, visit, limb) in chosen)
+        rows.append({ID_COLUMN: pid, "visit": visit or None, **_totals(values), **dict(zip(COLUMNS, values)),
+                     "n_images": int(n_images), "limbs": ",".join(present), "qc_flags": flags})
+    return pd.DataFrame(rows, columns=[*KEY, *catalogue.TOTAL_COLUMNS, *COLUMNS, "n_images", "limbs", "qc_flags"])
+
+
+def _other_side(column: str) -> str:
+    return ("R" if column[0] == "L" else "L") + column[1:]
+
+
+def fill_predictions(patients: pd.DataFrame, medians: Mapping[str, float]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """predictions.csv in the RA2 template layout with no missing values, and ``patients`` with a
+    ``filled:COLUMN`` flag for every value filled (from the other side's joint, else the median).
+
+    With visits, a ``visit`` column follows ``Patient_ID`` (one row per patient visit).
+    """
+    missing = [c for c in COLUMNS if c not in medians]
+    if missing:
+        raise ValueError(f"no label median for {len(missing)} column(s) (first: {missing[0]})")
+    scored = patients[list(COLUMNS)].to_numpy(float)
+    mirror = patients[[_other_side(c) for c in COLUMNS]].to_numpy(float)
+    median = np.array([medians[c] for c in COLUMNS], dtype=float)
+    gaps = np.isnan(scored)
+    values = np.where(gaps, np.where(np.isnan(mirror), median, mirror), scored)
+    pred = pd.DataFrame(values, columns=list(COLUMNS))
+    pred["Overall_erosion"] = values[:, _IS_EROSION].sum(axis=1)
+    pred["Overall_narrowing"] = values[:, ~_IS_EROSION].sum(axis=1)
+    pred["Overall_Tol"] = values.sum(axis=1)
+    pred.insert(0, "visit", patients["visit"].to_numpy())
+    pred.insert(0, ID_COLUMN, patients[ID_COLUMN].to_numpy())
+    names = np.array([f"filled:{c}" for c in COLUMNS], dtype=object)
+    patients = patients.assign(qc_flags=[list(f) + names[g].tolist() for f, g in zip(patients["qc_flags"], gaps)])
+    order = list(TEMPLATE_ORDER)
+    if pred["visit"].notna().any():
+        order.insert(1, "visit")
+    return pred[order], patients

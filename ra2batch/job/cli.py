@@ -1,0 +1,78 @@
+"""``ra2batch score`` and ``jobs/score_archive.py``: the scoring job's command line.
+
+With no arguments it scores the built-in demo archive (generated once under ``./ra2-demo-archive``)
+into ``./ra2-output``. Every :class:`JobConfig` field also has its own flag, which wins over
+``--config``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import typing
+from pathlib import Path
+
+from ra2batch.job.config import JobConfig
+
+DEMO_ARCHIVE = Path("ra2-demo-archive")
+DEMO_OUTPUT = Path("ra2-output")
+DEMO_COHORT = {"patients": 8, "seed": 7, "scale": 0.4}
+
+
+def _flag_type(annotation) -> type:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return (args[0] if args else annotation)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", metavar="URI", help="folder or s3://bucket/prefix of radiographs "
+                   "(*.jpg, *.jpeg, *.png, *.dcm, *.dicom at any depth); default: the built-in demo archive")
+    p.add_argument("--output", metavar="URI", help="folder or s3:// prefix for the tables and predictions.csv "
+                   "(default with the demo archive: ./ra2-output)")
+    p.add_argument("--models", metavar="URI", help="model bundle, folder or s3://; default: the built-in demo bundle")
+    p.add_argument("--manifest", metavar="URI", help="CSV or Parquet with path, Patient_ID, limb and optional "
+                   "visit, for archives whose file names are not {Patient_ID}-{limb}")
+    p.add_argument("--storage-options", type=json.loads, default=None, metavar="JSON",
+                   help='extra S3 settings, e.g. \'{"endpoint_url": "http://127.0.0.1:9000"}\'')
+    p.add_argument("--config", metavar="FILE", help="JobConfig as .json or .yaml (pool sizes, batch sizes, GPUs)")
+    g = p.add_argument_group("job settings (override --config; unset ones are sized to the cluster)")
+    for name, f in JobConfig.model_fields.items():
+        g.add_argument(f"--{name.replace('_', '-')}", dest=name, type=_flag_type(f.annotation), default=None,
+                       metavar="N", help=f.description)
+
+
+def _demo_archive() -> Path:
+    """The demo archive's images folder, generated on first use."""
+    images = DEMO_ARCHIVE / "images"
+    if not (DEMO_ARCHIVE / "truth.csv").is_file():
+        from ra2batch.synth import generate_cohort
+
+        print(f"generating the demo archive ({DEMO_COHORT['patients']} phantom patients) in {DEMO_ARCHIVE}/ ...",
+              file=sys.stderr)
+        generate_cohort(DEMO_ARCHIVE, **DEMO_COHORT)
+    return images
+
+
+def main(args: argparse.Namespace) -> int:
+    from ra2batch.job.pipeline import JobError, score_archive
+
+    demo = args.input is None and args.output is None
+    if not demo and (args.input is None or args.output is None):
+        print("ra2batch score: error: give both --input and --output (or neither, for the demo archive)",
+              file=sys.stderr)
+        return 2
+    try:
+        config = JobConfig.load(args.config) if args.config else JobConfig()
+        config = config.merged({name: getattr(args, name) for name in JobConfig.model_fields})
+        source = str(_demo_archive()) if demo else args.input
+        summary = score_archive(source, str(DEMO_OUTPUT) if demo else args.output, models=args.models,
+                                manifest=args.manifest, config=config, storage_options=args.storage_options)
+    except (JobError, ValueError, OSError) as e:
+        print(f"ra2batch score: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
+    print(summary.format())
+    if demo:
+        print(f"compare with the phantom truth: ra2batch evaluate --predictions {DEMO_OUTPUT}/predictions.csv "
+              f"--truth {DEMO_ARCHIVE}/truth.csv")
+    return 0

@@ -1,0 +1,167 @@
+"""Which files the job scores and whose radiographs they are.
+
+The archive is listed once on the driver (paths and sizes only, never the bytes). Each file is
+identified by its stem, ``{Patient_ID}-{limb}`` or ``{Patient_ID}-{visit}-{limb}``, or by a manifest
+for archives named otherwise. A file that cannot be identified is kept with a ``problem`` so that it
+becomes an images row with status ``error``: every listed file is accounted for.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import pandas as pd
+import pyarrow.fs as pafs
+
+from ra2batch.catalogue import ID_COLUMN, LIMBS
+from ra2batch.storage import Location, is_remote, resolve
+
+RADIOGRAPH_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm", ".dicom")
+LISTING_COLUMNS = ("path", ID_COLUMN, "visit", "limb", "size_bytes", "problem")
+_NAMING = "expected {Patient_ID}-{LH|RH|LF|RF} or {Patient_ID}-{visit}-{limb}, or pass --manifest"
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The files to score (``files``: one row per file, columns ``LISTING_COLUMNS``, sorted by path)
+    and the number of other files under the input that are not radiographs (``ignored``)."""
+
+    files: pd.DataFrame
+    ignored: int
+
+
+def is_radiograph(path: str) -> bool:
+    return path.lower().endswith(RADIOGRAPH_SUFFIXES)
+
+
+def parse_name(path: str) -> tuple[str, str | None, str] | str:
+    """``(Patient_ID, visit, limb)`` from a file's stem, or a one-line problem when it gives none.
+
+    ``UAB001-LH.jpg`` gives ``("UAB001", None, "LH")``; ``UAB001-V2-rh.dcm`` gives ``("UAB001", "V2", "RH")``.
+    """
+    stem = posixpath.basename(path)
+    stem = stem[: stem.rfind(".")] if "." in stem else stem
+    parts = stem.rsplit("-", 2)
+    limb = parts[-1].upper() if len(parts) >= 2 else ""
+    if limb not in LIMBS or not all(parts[:-1]):
+        return f"file name {posixpath.basename(path)!r} gives no patient and limb ({_NAMING})"
+    return (parts[0], parts[1] if len(parts) == 3 else None, limb)
+
+
+def fs_path(uri: str) -> str:
+    """The path of a listed file inside its pyarrow filesystem (``s3://b/k`` -> ``b/k``)."""
+    return uri[len("s3://"):] if is_remote(uri) else uri
+
+
+def _uri(loc: Location, fs_p: str) -> str:
+    return f"s3://{fs_p}" if is_remote(loc.uri) else fs_p
+
+
+def _absolute(loc: Location, path: str) -> str:
+    """A user-given path (absolute URI/path, or relative to the input root) as a listed URI."""
+    if is_remote(path) or path.startswith("/"):
+        return path
+    if "://" in path:
+        raise ValueError(f"unsupported path {path!r}: use a local path or s3://bucket/key")
+    return loc.uri_of(path)
+
+
+def _walk(loc: Location) -> tuple[dict[str, int], int]:
+    """Radiograph URIs under ``loc`` with their sizes, and the count of other files."""
+    info = loc.fs.get_file_info(loc.path)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"input {loc.uri} does not exist")
+    infos = [info] if info.type == pafs.FileType.File else loc.fs.get_file_info(
+        pafs.FileSelector(loc.path, recursive=True))
+    found: dict[str, int] = {}
+    ignored = 0
+    for i in infos:
+        if i.type != pafs.FileType.File:
+            continue
+        if is_radiograph(i.path):
+            found[_uri(loc, i.path)] = int(i.size)
+        else:
+            ignored += 1
+    return found, ignored
+
+
+def _sizes(loc: Location, uris: Sequence[str]) -> dict[str, int]:
+    """Sizes of the given files; files that do not exist are left out."""
+    infos = loc.fs.get_file_info([fs_path(u) for u in uris]) if uris else []
+    return {u: int(i.size) for u, i in zip(uris, infos) if i.type == pafs.FileType.File}
+
+
+def read_manifest(uri: str, loc: Location, storage_options: dict[str, Any] | None = None) -> pd.DataFrame:
+    """A manifest (CSV or Parquet; columns ``path``, ``Patient_ID``, ``limb``, optional ``visit``)
+    indexed by the absolute URI of each path. Raises ``ValueError`` naming the problem."""
+    m_loc = resolve(uri, storage_options)
+    if not m_loc.exists():
+        raise ValueError(f"manifest {uri} does not exist")
+    with m_loc.fs.open_input_file(m_loc.path) as f:
+        if m_loc.path.lower().endswith(".csv"):
+            df = pd.read_csv(f, dtype=str, keep_default_na=False, na_values=[""])
+        else:
+            df = pd.read_parquet(f)
+    missing = [c for c in ("path", ID_COLUMN, "limb") if c not in df.columns]
+    if missing:
+        raise ValueError(f"manifest {uri}: missing column(s) {', '.join(missing)}; "
+                         f"expected path, {ID_COLUMN}, limb and optionally visit")
+    df = df.assign(path=[_absolute(loc, str(p)) for p in df["path"]])
+    twice = df["path"][df["path"].duplicated()]
+    if len(twice):
+        raise ValueError(f"manifest {uri}: path {twice.iloc[0]} is listed more than once")
+    if "visit" not in df.columns:
+        df["visit"] = None
+    return df.set_index("path")[[ID_COLUMN, "visit", "limb"]]
+
+
+def _identify(uri: str, manifest: pd.DataFrame | None) -> tuple[str | None, str | None, str | None, str | None]:
+    """``(Patient_ID, visit, limb, problem)`` of one file, from the manifest when there is one."""
+    if manifest is None:
+        parsed = parse_name(uri)
+        return (None, None, None, parsed) if isinstance(parsed, str) else (*parsed, None)
+    if uri not in manifest.index:
+        return None, None, None, "file is not in the manifest, so its patient and limb are unknown"
+    row = manifest.loc[uri]
+    pid, visit, limb = (None if pd.isna(v) else str(v) for v in (row[ID_COLUMN], row["visit"], row["limb"]))
+    if not pid:
+        return None, visit, limb, "the manifest gives no Patient_ID for this file"
+    if (limb or "").upper() not in LIMBS:
+        return pid, visit, None, f"the manifest gives limb {limb!r}; expected one of {', '.join(LIMBS)}"
+    return pid, visit, limb.upper(), None
+
+
+def list_inputs(
+    input_uri: str,
+    *,
+    manifest: str | None = None,
+    paths: Sequence[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> Listing:
+    """The files to score under ``input_uri`` (a folder, a single file, or ``s3://bucket/prefix``).
+
+    ``paths`` restricts the job to those files (absolute, or relative to ``input_uri``); a path that
+    does not exist is kept with the problem "not found". With a ``manifest``, its rows name the
+    patients; a manifest row whose file does not exist is kept the same way.
+    """
+    loc = resolve(input_uri, storage_options)
+    table = read_manifest(manifest, loc, storage_options) if manifest else None
+    if paths is not None:
+        wanted = sorted({_absolute(loc, p) for p in paths})
+        sizes, ignored = _sizes(loc, wanted), 0
+    else:
+        sizes, ignored = _walk(loc)
+        extra = [] if table is None else [u for u in table.index if u not in sizes]
+        sizes.update(_sizes(loc, extra))
+        wanted = sorted(set(sizes) | set(extra))
+    rows = []
+    for uri in wanted:
+        pid, visit, limb, problem = _identify(uri, table)
+        if uri not in sizes:
+            problem = "file not found" + (" (listed in the manifest)" if table is not None else "")
+        rows.append((uri, pid, visit, limb, sizes.get(uri), problem))
+    files = pd.DataFrame(rows, columns=list(LISTING_COLUMNS))
+    files["size_bytes"] = files["size_bytes"].astype("Int64")
+    return Listing(files=files, ignored=ignored)

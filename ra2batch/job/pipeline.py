@@ -1,0 +1,238 @@
+"""The scoring job as one Ray Data pipeline, streaming; the archive is never materialised.
+
+    list files (driver) -> read + decode (CPU tasks) -> Detector actors (one row per crop)
+      -> JointScorer actors (one row per joint) -> driver: per-patient assembly -> write tables
+
+Decode and inference are separate stages, so the model actors never wait on JPEG or DICOM decoding,
+and files that fail to decode flow past the models as error rows. Only file metadata and joint rows
+(about 86 per patient, no pixels) reach the driver.
+
+Fault tolerance is Ray Data's: a model actor that dies is restarted and its lost calls are replayed
+(actor pools default to unlimited ``max_restarts`` and ``max_task_retries``), and a lost decode task
+is retried. Every stage is a deterministic function of its input rows, so a replay yields the same
+rows, and a block's output replaces the lost attempt's rather than adding to it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+
+from ra2batch.catalogue import COLUMNS, ID_COLUMN
+from ra2batch.job.assemble import assemble_patients, choose_images, fill_predictions
+from ra2batch.job.config import JobConfig
+from ra2batch.job.inputs import list_inputs
+from ra2batch.job.decode import decode_files
+from ra2batch.job.predictors import Detector, JointScorer
+from ra2batch.job.tables import IMAGES, JOINTS, STREAM, write_table
+from ra2batch.models import BundleError, load_bundle
+from ra2batch.storage import resolve
+
+DEMO_BUNDLE = Path(__file__).resolve().parent.parent / "demo_bundle"
+
+
+class JobError(RuntimeError):
+    """A problem that stops the whole job (no model bundle, input missing); the message says what to do."""
+
+
+@dataclass
+class JobSummary:
+    """What a run did: counts, speed and where each output is."""
+
+    input: str
+    output: str
+    files: int
+    images_ok: int
+    images_error: int
+    patients: int
+    joints: int
+    seconds: float
+    model_version: str
+    cluster: str = ""
+    outputs: dict[str, str] = field(default_factory=dict)
+    duplicates: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    ignored_files: int = 0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.files / self.seconds if self.seconds > 0 else 0.0
+
+    def format(self) -> str:
+        lines = [
+            f"scored {self.files} radiograph file(s) from {self.input}: {self.images_ok} ok, "
+            f"{self.images_error} in error; {self.patients} patient(s), {self.joints} joint scores",
+            f"{self.seconds:.1f} s, {self.images_per_second:.2f} radiographs/s on {self.cluster}, "
+            f"model {self.model_version}",
+        ]
+        if not self.files:
+            lines.append("no radiograph files found: the job looks for *.jpg, *.jpeg, *.png, *.dcm and *.dicom "
+                         "at any depth under the input")
+        if self.ignored_files:
+            lines.append(f"ignored {self.ignored_files} file(s) that are not radiographs (by suffix)")
+        lines += [f"duplicate: {m}" for m in self.duplicates]
+        lines += [f"error: {m}" for m in self.errors[:5]]
+        if len(self.errors) > 5:
+            lines.append(f"... and {len(self.errors) - 5} more errors (images table, status = 'error')")
+        width = max(map(len, self.outputs)) + 1 if self.outputs else 0
+        lines += [f"  {name + ':':<{width}} {uri}" for name, uri in self.outputs.items()]
+        return "\n".join(lines)
+
+
+def default_bundle() -> str:
+    """The built-in demo bundle, or a :class:`JobError` saying how to get a model."""
+    if not (DEMO_BUNDLE / "bundle.json").is_file():
+        raise JobError("no model bundle: the built-in demo bundle is not installed; pass --models DIR_OR_S3_URI "
+                       "or train one with `ra2batch train`")
+    return str(DEMO_BUNDLE)
+
+
+def connect() -> None:
+    """Join the cluster this driver runs in (``ray job submit`` or ``RAY_ADDRESS``), else start Ray locally."""
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"])
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
+
+
+def _blocks(files: pd.DataFrame, size: int) -> list[pd.DataFrame]:
+    return [files.iloc[i:i + size].reset_index(drop=True) for i in range(0, len(files), size)]
+
+
+def build_dataset(files: pd.DataFrame, fs: Any, models: str, model_options: dict[str, Any] | None,
+                  cfg: JobConfig) -> ray.data.Dataset:
+    """The streaming pipeline over the listed ``files`` (``cfg`` resolved); yields ``STREAM`` rows."""
+    def actors(n: int | None, gpus: float | None) -> dict[str, Any]:
+        return {
+            "compute": ray.data.ActorPoolStrategy(size=n), "num_cpus": cfg.actor_cpus,
+            **({"num_gpus": gpus} if gpus else {}),
+        }
+
+    def model_args(gpus: float | None) -> dict[str, Any]:
+        return {"models": models, "storage_options": model_options, "torch_threads": cfg.torch_threads,
+                "use_gpu": bool(gpus)}
+
+    return (
+        ray.data.from_pandas(_blocks(files, cfg.files_per_decode_task))
+        # Decode's own memory reservation also keeps Ray Data from fusing it into the detector actors.
+        .map_batches(decode_files, batch_format="pandas", batch_size=None, fn_kwargs={"fs": fs},
+                     num_cpus=cfg.decode_cpus, memory=cfg.decode_memory_mb * 2**20)
+        .map_batches(Detector, batch_format="pyarrow", batch_size=cfg.detector_batch_size,
+                     fn_constructor_kwargs=model_args(cfg.detector_gpus),
+                     **actors(cfg.detector_actors, cfg.detector_gpus))
+        .map_batches(JointScorer, batch_format="pyarrow", batch_size=cfg.scorer_batch_size,
+                     fn_constructor_kwargs=model_args(cfg.scorer_gpus), **actors(cfg.scorer_actors, cfg.scorer_gpus))
+    )
+
+
+def _collect(ds: ray.data.Dataset | None) -> pa.Table:
+    """All rows the pipeline yields, with the crop pixels already dropped by the scorer."""
+    if ds is None:
+        return STREAM.empty_table()
+    parts = [b.cast(STREAM) for b in ds.iter_batches(batch_format="pyarrow", batch_size=None)]
+    return pa.concat_tables(parts) if parts else STREAM.empty_table()
+
+
+def score_archive(
+    input: str,
+    output: str,
+    models: str | None = None,
+    manifest: str | None = None,
+    config: JobConfig | None = None,
+    storage_options: dict[str, Any] | None = None,
+    paths: Sequence[str] | None = None,
+) -> JobSummary:
+    """Score every radiograph under ``input`` (or only ``paths``) into the tables under ``output``.
+
+    Rerunning into the same ``output`` replaces its tables. Joins the cluster this runs in, else
+    starts Ray locally. Raises :class:`JobError` for problems that stop the job (no bundle, no
+    input, bad manifest); problems with single files become error rows instead.
+    """
+    started = time.perf_counter()
+    bundle, models, model_options = _load_models(models, storage_options)
+    try:
+        listing = list_inputs(input, manifest=manifest, paths=paths, storage_options=storage_options)
+    except (FileNotFoundError, ValueError) as e:
+        raise JobError(str(e)) from e
+    connect()
+    resources = ray.cluster_resources()
+    cfg = (config or JobConfig()).resolved(resources)
+    scored_at = dt.datetime.now(dt.timezone.utc)
+    files = listing.files
+    fs = resolve(input, storage_options).fs
+    dataset = build_dataset(files, fs, models, model_options, cfg) if len(files) else None
+    images, joints, patients, predictions, duplicates = _assemble(_collect(dataset), bundle.label_medians)
+
+    out = resolve(output, storage_options)
+    run = {"model_version": bundle.model_version, "scored_at": scored_at}
+    outputs = {
+        "patients": write_table(out, "patients", patients.assign(**run)),
+        "joints": write_table(out, "joints", _with_run(joints, run)),
+        "images": write_table(out, "images", images.assign(**run)),
+    }
+    out.write_bytes(predictions.to_csv(index=False).encode(), "predictions.csv")
+    outputs["predictions.csv"] = out.uri_of("predictions.csv")
+    errors = images[images["status"] == "error"]
+    return JobSummary(
+        input=input, output=output, files=len(files), images_ok=len(images) - len(errors), images_error=len(errors),
+        patients=len(patients), joints=joints.num_rows, seconds=time.perf_counter() - started,
+        model_version=bundle.model_version, cluster=_describe(resources), outputs=outputs, duplicates=duplicates,
+        errors=[f"{p}: {m}" for p, m in zip(errors["path"], errors["error"])], ignored_files=listing.ignored,
+    )
+
+
+def _load_models(models: str | None, storage_options: dict[str, Any] | None):
+    """``(bundle, uri, storage options for the actors)``: loaded once on the driver to fail early
+    and to learn the model version and label medians; the actors load their own copies."""
+    loc = resolve(models or default_bundle(), storage_options)
+    uri, options = loc.uri_of(), loc.options or None
+    try:
+        bundle = load_bundle(uri, storage_options=options)
+    except BundleError as e:
+        raise JobError(str(e)) from e
+    missing = [c for c in COLUMNS if c not in bundle.label_medians]
+    if missing:
+        raise JobError(f"model bundle {uri} has no label median for {len(missing)} column(s) (first: {missing[0]}); "
+                       "predictions.csv needs them to fill joints that were not found")
+    return bundle, uri, options
+
+
+def _assemble(stream: pa.Table, medians: dict[str, float]):
+    """Images (with ``chosen``), joints of chosen files, patients, predictions and duplicate notes."""
+    record = stream.column("record")
+    per_file = [n for n in IMAGES.names if n not in ("chosen", "model_version", "scored_at")]
+    images = stream.filter(pc.equal(record, "image")).select(per_file).to_pandas()
+    images = images.sort_values("path", ignore_index=True)
+    images["chosen"], duplicates = choose_images(images)
+    joints = stream.filter(pc.equal(record, "joint"))
+    used = pa.array(images.loc[images["chosen"], "path"], pa.string())
+    joints = joints.filter(pc.is_in(joints.column("path"), value_set=used)).sort_by(
+        [(ID_COLUMN, "ascending"), ("visit", "ascending"), ("limb", "ascending"), ("column", "ascending")])
+    keys = joints.select([ID_COLUMN, "visit", "limb", "path", "column", "score", "crop_class"]).to_pandas()
+    predictions, patients = fill_predictions(assemble_patients(images, keys), medians)
+    return images, joints, patients, predictions, duplicates
+
+
+def _describe(resources: dict[str, float]) -> str:
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    gpus = f", {resources['GPU']:g} GPU(s)" if resources.get("GPU") else ""
+    return f"{nodes} node(s) with {resources.get('CPU', 0):g} CPU(s){gpus}"
+
+
+def _with_run(table: pa.Table, run: dict[str, Any]) -> pa.Table:
+    n = table.num_rows
+    table = table.select([f for f in JOINTS.names if f not in run])
+    return table.append_column("model_version", pa.array([run["model_version"]] * n, pa.string())).append_column(
+        "scored_at", pa.array([run["scored_at"]] * n, JOINTS.field("scored_at").type))
+

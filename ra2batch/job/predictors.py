@@ -1,0 +1,127 @@
+"""Model stages (actors): the detector finds crops, the joint models score them.
+
+Each actor loads the bundle once and maps an Arrow table of ``tables.STREAM`` rows to another,
+carrying the file identity through. Both are pure functions of their input rows, so Ray may replay
+a restarted actor's call without changing or duplicating any output. A radiograph the detector
+cannot take becomes that file's error row; it never stops the job.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from ra2batch import catalogue
+from ra2batch.job.tables import IDENTITY, STREAM
+from ra2batch.models import load_bundle
+from ra2batch.models.crops import joint_crops
+
+
+def _load(models: str, storage_options: dict[str, Any] | None, torch_threads: int, use_gpu: bool):
+    torch.set_num_threads(torch_threads)
+    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+    return load_bundle(models, storage_options=storage_options).to(device)
+
+
+class Detector:
+    """Detector actor: finds the best box per class in each radiograph (hand or foot model by limb)
+    and cuts the crops each joint model needs. Emits one ``image`` record per input row and one
+    ``crop`` record per (detected class, joint group).
+
+    Radiographs are batched only with others of the same limb kind and pixel size: a batch pads
+    its images to a common size, which would make a radiograph's boxes depend on its batch mates.
+    """
+
+    def __init__(self, models: str, storage_options: dict[str, Any] | None, torch_threads: int, use_gpu: bool):
+        self.bundle = _load(models, storage_options, torch_threads, use_gpu)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        meta = batch.drop_columns(["pixels"]).to_pylist()
+        pixels = batch.column("pixels")
+        images = {i: np.frombuffer(pixels[i].as_buffer(), dtype=np.float32).reshape(m["height"], m["width"])
+                  for i, m in enumerate(meta) if m["status"] == "ok"}
+        alike: dict[tuple[str, int, int], list[int]] = {}
+        for i, image in images.items():
+            alike.setdefault((catalogue.limb_kind(meta[i]["limb"]), *image.shape), []).append(i)
+        found: dict[int, dict[str, Any] | str] = {}
+        for (kind, _, _), idx in sorted(alike.items()):
+            found.update(zip(idx, self._detect([images[i] for i in idx], kind)))
+        rows: list[dict[str, Any]] = []
+        for i, m in enumerate(meta):
+            if isinstance(found.get(i), str):
+                rows.append({**m, "record": "image", "status": "error", "error": found[i], "width": None,
+                             "height": None})
+                continue
+            crops = self._crops(images[i], found[i], m) if i in images else []
+            n = len({c["crop_class"] for c in crops}) if i in images else None
+            rows += [{**m, "record": "image", "n_detections": n}, *crops]
+        return pa.Table.from_pylist(rows, schema=STREAM)
+
+    def _detect(self, images: list[np.ndarray], kind: str) -> list[dict[str, Any] | str]:
+        """Detections per image. If a batch fails, its images are retried one by one, and an image
+        that fails alone (e.g. one too thin to resize) gets an error message instead of stopping the job."""
+        with torch.inference_mode():
+            try:
+                return self.bundle.detect(images, kind)
+            except Exception as e:  # narrowed to the failing image below; never the job's failure
+                if len(images) > 1:
+                    return [self._detect([image], kind)[0] for image in images]
+                h, w = images[0].shape
+                return [f"the {kind} detector failed on this {w} x {h} image: {type(e).__name__}: "
+                        f"{str(e).splitlines()[0]}"]
+
+    def _crops(self, image: np.ndarray, detections: dict[str, Any], meta: dict[str, Any]) -> list[dict[str, Any]]:
+        """``crop`` records of one radiograph; a degenerate (empty) box counts as not detected."""
+        ident = {k: meta[k] for k in IDENTITY}
+        rows = []
+        for crop_class, d in detections.items():
+            try:
+                cut = list(joint_crops(image, {crop_class: d}, meta["limb"], self.bundle.plan))
+            except ValueError:
+                continue
+            x0, y0, x1, y1 = (float(v) for v in d.box)
+            rows += [{**ident, "record": "crop", "crop_class": crop_class, "group": c.group,
+                      "box_x0": x0, "box_y0": y0, "box_x1": x1, "box_y1": y1, "detector_score": float(d.score),
+                      "crop": c.crop.astype(np.float32).tobytes(), "crop_size": int(c.crop.shape[0])}
+                     for c in cut]
+        return rows
+
+
+class JointScorer:
+    """Joint-model actor: scores every ``crop`` record with its group's model and emits one
+    ``joint`` record per model output (score clipped to the column's range, attention map attached).
+    Other records pass through unchanged."""
+
+    def __init__(self, models: str, storage_options: dict[str, Any] | None, torch_threads: int, use_gpu: bool):
+        self.bundle = _load(models, storage_options, torch_threads, use_gpu)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        batch = batch.cast(STREAM)
+        is_crop = pc.equal(batch.column("record"), "crop")
+        crops = batch.filter(is_crop)
+        passed = batch.filter(pc.invert(is_crop))
+        if crops.num_rows == 0:
+            return passed
+        meta = crops.drop_columns(["crop"]).to_pylist()
+        pixels = crops.column("crop")
+        rows: list[dict[str, Any]] = []
+        with torch.inference_mode():
+            for name in sorted({m["group"] for m in meta}):
+                idx = [i for i, m in enumerate(meta) if m["group"] == name]
+                s = meta[idx[0]]["crop_size"]
+                stack = np.stack([np.frombuffer(pixels[i].as_buffer(), dtype=np.float32).reshape(s, s) for i in idx])
+                scores, attention = self.bundle.score(name, stack)
+                group = self.bundle.plan.group(name)
+                for i, sc, att in zip(idx, np.asarray(scores), np.asarray(attention, dtype=np.float32)):
+                    m = meta[i]
+                    for column, value in zip(group.columns(m["limb"], m["crop_class"]), sc):
+                        top = catalogue.BY_COLUMN[column].max_score
+                        rows.append({**m, "record": "joint", "crop_size": None, "column": column,
+                                     "damage": group.damage, "score": float(np.clip(value, 0.0, top)),
+                                     "attention": att.ravel().tolist(), "attention_h": int(att.shape[0]),
+                                     "attention_w": int(att.shape[1])})
+        return pa.concat_tables([passed, pa.Table.from_pylist(rows, schema=STREAM)])

@@ -1,0 +1,350 @@
+"""The scoring job end to end: S3 in and out, a zoo of bad files, reruns, a killed actor, a real
+two-node cluster through ``ray job submit``, and accuracy against the phantom truth.
+
+Archives are small (pixels are noise unless a trained bundle is used) and bundles tiny and untrained:
+these tests check the job's accounting; only the accuracy test needs trained models.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from ra2batch import catalogue
+from ra2batch.catalogue import LIMBS
+
+# -- archives ------------------------------------------------------------------------------------
+
+
+def jpeg(rng: np.random.Generator, shape=(240, 160)) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray((rng.random(shape) * 255).astype(np.uint8)).save(buf, "JPEG", quality=80)
+    return buf.getvalue()
+
+
+def png16(rng: np.random.Generator, shape=(240, 160)) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray((rng.random(shape) * 65535).astype(np.uint16)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def dicom(rng: np.random.Generator | None, shape=(240, 160), *, patient_name: str = "Doe^Jane") -> bytes:
+    """A MONOCHROME1 16-bit DICOM with identifying header values; no pixel data when ``rng`` is None."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    from pydicom import Dataset
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.PatientName, ds.PatientBirthDate, ds.AccessionNumber = patient_name, "19600101", "ACC123456"
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "CR"
+    if rng is not None:
+        ds.Rows, ds.Columns = shape
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME1"
+        ds.PixelData = (rng.random(shape) * 4095).astype(np.uint16).tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def bomb_png(side: int = 12_000) -> bytes:
+    """A tiny PNG whose header promises side x side pixels (144 megapixels by default)."""
+    buf = io.BytesIO()
+    Image.new("1", (side, side)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def write_archive(root: Path, patients: list[str], seed: int = 0) -> list[Path]:
+    """Four JPEG radiographs per patient, ``{PID}-{LIMB}.jpg``."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for pid in patients:
+        for limb in LIMBS:
+            (p := root / f"{pid}-{limb}.jpg").write_bytes(jpeg(rng))
+            paths.append(p)
+    return paths
+
+
+def write_zoo(root: Path) -> dict[str, str | None]:
+    """An archive mixing good and bad files; returns relative path -> expected error fragment (None = ok).
+
+    P1 is complete (JPEG hands, 16-bit PNG and MONOCHROME1 DICOM feet) with a second copy of its LH;
+    P2 has hands only; P9's four files are all broken; P8 has a decompression bomb and a radiograph
+    too thin for the detector; two files name no patient or limb.
+    """
+    rng = np.random.default_rng(1)
+    good = jpeg(rng)
+    files: dict[str, tuple[bytes, str | None]] = {
+        "P1-LH.jpg": (good, None),
+        "P1-RH.jpg": (jpeg(rng), None),
+        "feet/P1-LF.png": (png16(rng), None),
+        "feet/P1-RF.dcm": (dicom(rng), None),
+        "zcopies/P1-LH.jpg": (jpeg(rng), None),
+        "P2-LH.jpg": (jpeg(rng), None),
+        "P2-RH.jpeg": (jpeg(rng), None),
+        "P9-LH.jpg": (good[: len(good) // 3], "truncated"),
+        "P9-RH.jpg": (b"", "empty file"),
+        "P9-LF.jpg": (b"Patient notes, not an image\n" * 20, "not a readable"),
+        "P9-RF.dcm": (dicom(None), "no pixel data"),
+        "P8-LH.png": (bomb_png(), "decompression bomb"),
+        "P8-RH.png": (png16(rng, shape=(2, 3000)), "detector failed on this 3000 x 2"),
+        "scan.jpg": (jpeg(rng), "gives no patient and limb"),
+        "misc/P1-XX.png": (png16(rng), "gives no patient and limb"),
+        "training.csv": (b"Patient_ID\nP1\n", None),
+    }
+    for rel, (data, _) in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return {rel: err for rel, (_, err) in files.items() if not rel.endswith(".csv")}
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def read_outputs(loc) -> dict[str, pd.DataFrame]:
+    """The three tables and predictions.csv under an output Location."""
+    out = {name: pq.read_table(loc.join(name), filesystem=loc.fs).to_pandas()
+           for name in ("images", "joints", "patients")}
+    with loc.fs.open_input_stream(loc.join("predictions.csv")) as f:
+        out["predictions"] = pd.read_csv(f, dtype={"Patient_ID": str})
+    return out
+
+
+@pytest.fixture(scope="module")
+def no_feet_bundle(tiny_bundle_factory) -> str:
+    """A tiny bundle whose foot detector finds nothing: every foot joint goes unscored."""
+    return tiny_bundle_factory(foot_min_score=0.5)
+
+
+# -- tests ---------------------------------------------------------------------------------------
+
+
+def test_s3_archive_with_bad_files_is_fully_accounted(ray_local, s3_bucket, no_feet_bundle, tmp_path):
+    from ra2batch.job import score_archive
+
+    expected = write_zoo(tmp_path / "archive")
+    source = s3_bucket.upload(tmp_path / "archive", "archive")
+    models = s3_bucket.upload(Path(no_feet_bundle), "models/no-feet")
+    summary = score_archive(source, f"{s3_bucket.uri}/results", models=models, storage_options=s3_bucket.options)
+    out = read_outputs(s3_bucket.location("results"))
+    images = out["images"].set_index("path")
+
+    # every radiograph file is one images row; each bad one says what is wrong
+    assert sorted(images.index) == sorted(f"{source}/{rel}" for rel in expected)
+    for rel, fragment in expected.items():
+        row = images.loc[f"{source}/{rel}"]
+        if fragment is None:
+            assert row["status"] == "ok" and pd.isna(row["error"]) and row["width"] == 160, rel
+        else:
+            assert row["status"] == "error" and fragment in row["error"], (rel, row["error"])
+            assert pd.isna(row["width"]) and not row["chosen"]
+    assert (summary.files, summary.images_ok, summary.images_error, summary.ignored_files) == (15, 7, 8, 1)
+    assert images.loc[f"{source}/P9-LH.jpg", "content_hash"] and images.loc[f"{source}/P9-RH.jpg", "size_bytes"] == 0
+
+    # the duplicate LH: the first path is used, the other reported and not used
+    assert images.loc[f"{source}/P1-LH.jpg", "chosen"] and not images.loc[f"{source}/zcopies/P1-LH.jpg", "chosen"]
+    assert any("zcopies/P1-LH.jpg" in m for m in summary.duplicates)
+
+    # joints: only from chosen files, one row per (patient, column), none for undetected feet
+    joints = out["joints"]
+    assert not joints.duplicated(["Patient_ID", "visit", "column"]).any()
+    assert set(joints["path"]) == {f"{source}/{r}" for r in ("P1-LH.jpg", "P1-RH.jpg", "P2-LH.jpg", "P2-RH.jpeg")}
+    assert len(joints) == 4 * 31 and (joints["column"].str[:2] == joints["limb"]).all()
+    assert (joints["score"] >= 0).all()
+    assert (joints["attention"].map(len) == joints["attention_h"] * joints["attention_w"]).all()
+
+    # patients: missing values are NaN with reasons; totals flagged partial
+    patients = out["patients"].set_index("Patient_ID")
+    assert sorted(patients.index) == ["P1", "P2", "P8", "P9"]
+    p1, p2, p9 = (set(patients.loc[p, "qc_flags"]) for p in ("P1", "P2", "P9"))
+    assert {"duplicate_image:LH", "not_detected:LF:fin_ip", "not_detected:RF:fin_4", "partial_totals"} <= p1
+    assert {"missing_limb:LF", "missing_limb:RF", "partial_totals"} <= p2
+    assert {f"image_error:{limb}" for limb in LIMBS} <= p9 and patients.loc["P9", "limbs"] == ""
+    assert patients.loc["P1", "n_images"] == 5 and patients.loc["P1", "limbs"] == "LF,LH,RF,RH"
+    foot = [c for c in catalogue.COLUMNS if c[1] == "F"]
+    hand = [c for c in catalogue.COLUMNS if c[1] == "H"]
+    assert patients.loc[["P1", "P2"], foot].isna().all().all() and patients.loc[["P1", "P2"], hand].notna().all().all()
+    assert patients.loc["P1", "Overall_Tol"] == pytest.approx(patients.loc["P1", hand].sum())
+    assert np.isnan(patients.loc["P9", "Overall_Tol"])
+
+    # predictions.csv: complete, in template order, fills recorded
+    pred = out["predictions"]
+    assert list(pred.columns) == list(catalogue.TEMPLATE_ORDER) and not pred.isna().any().any()
+    assert all(catalogue.validate_row(r) == [] for r in pred.to_dict("records"))
+    assert "filled:LF_mtp_E__ip" in p1
+
+    # nothing identifying from the DICOM header reached any output
+    blob = "".join(df.astype(str).to_csv() for df in out.values()) + summary.format()
+    assert not any(s in blob for s in ("Doe^Jane", "19600101", "ACC123456"))
+
+
+def test_rerun_replaces_outputs_with_the_same_rows(ray_local, tiny_bundle, tmp_path, capsys):
+    from ra2batch.cli import main
+    from ra2batch.job import JobConfig, score_archive
+    from ra2batch.storage import resolve
+
+    write_archive(tmp_path / "archive", ["A1", "A2"])
+    out = tmp_path / "out"
+    (tmp_path / "job.yaml").write_text("detector_batch_size: 3\nscorer_batch_size: 16\n")
+    assert main(["score", "--input", str(tmp_path / "archive"), "--output", str(out), "--models", tiny_bundle,
+                 "--config", str(tmp_path / "job.yaml"), "--scorer-batch-size", "32"]) == 0
+    printed = capsys.readouterr().out
+    assert "8 ok, 0 in error; 2 patient(s)" in printed and f"predictions.csv: {out}/predictions.csv" in printed
+    before = read_outputs(resolve(str(out)))
+    # what an interrupted earlier run may leave behind must not survive a rerun
+    (out / "joints" / "part-00007.parquet").write_bytes((out / "joints" / "part-00000.parquet").read_bytes())
+    second = score_archive(str(tmp_path / "archive"), str(out), models=tiny_bundle,
+                           config=JobConfig(detector_batch_size=3, scorer_batch_size=32))
+    after = read_outputs(resolve(str(out)))
+    assert sorted(p.name for p in (out / "joints").iterdir()) == ["part-00000.parquet"]
+    assert (second.joints, second.patients) == (2 * 86, 2)
+    # the same rows, and the same values up to float rounding (the same batch sizes in both runs:
+    # an untrained detector's near-tied boxes could flip under another batch size's rounding)
+    for name in ("images", "joints", "patients", "predictions"):
+        a, b = (df.drop(columns=["scored_at", "attention"], errors="ignore") for df in (before[name], after[name]))
+        pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-4)
+    np.testing.assert_allclose(np.stack(before["joints"]["attention"]), np.stack(after["joints"]["attention"]),
+                               rtol=1e-4)
+
+
+def test_detector_actor_killed_mid_run_is_replaced_and_outputs_are_complete(ray_local, tiny_bundle, tmp_path):
+    import os
+    import signal
+    import threading
+    import time
+
+    import ray._private.state as ray_state  # the GCS actor table; the public state API needs a dashboard
+
+    from ra2batch.job import JobConfig, score_archive
+    from ra2batch.storage import resolve
+
+    patients = [f"K{i}" for i in range(8)]
+    write_archive(tmp_path / "archive", patients)
+    config = JobConfig(files_per_decode_task=1, detector_batch_size=1, scorer_batch_size=8)
+    result: dict[str, object] = {}
+    job = threading.Thread(target=lambda: result.update(summary=score_archive(
+        str(tmp_path / "archive"), str(tmp_path / "out"), models=tiny_bundle, config=config)))
+    job.start()
+
+    def detectors(state: str | None = None) -> dict[str, dict]:
+        return {k: a for k, a in ray_state.actors().items() if a["ActorClassName"] == "MapWorker(MapBatches(Detector))"
+                and a["State"] == (state or a["State"])}
+
+    before = set(detectors())  # actors of earlier tests in this session
+    victim = None
+    deadline = time.time() + 120
+    while victim is None and job.is_alive() and time.time() < deadline:
+        alive = {k: a for k, a in detectors("ALIVE").items() if k not in before}
+        if alive:
+            time.sleep(0.3)  # its models are loaded; let it score a few radiographs
+            victim = next(iter(alive))
+            os.kill(alive[victim]["Pid"], signal.SIGKILL)
+            assert job.is_alive(), "the job finished before the actor could be killed"
+        time.sleep(0.05)
+    job.join(timeout=300)
+    assert victim is not None, "no detector actor was seen alive"
+    assert detectors()[victim]["NumRestarts"] >= 1
+
+    summary = result["summary"]
+    out = read_outputs(resolve(str(tmp_path / "out")))
+    assert summary.files == len(out["images"]) == 32 and summary.images_error == 0
+    assert len(out["joints"]) == 8 * 86 and not out["joints"].duplicated(["Patient_ID", "column"]).any()
+    assert sorted(out["patients"]["Patient_ID"]) == patients
+    assert out["patients"][list(catalogue.COLUMNS)].notna().all().all()
+
+
+@pytest.mark.cluster
+def test_ray_job_submit_scores_s3_archive_on_a_two_node_cluster(ray_cluster, s3_bucket, tiny_bundle, tmp_path):
+    import json
+    import subprocess
+
+    write_archive(tmp_path / "archive", ["C1", "C2"])
+    (tmp_path / "archive" / "C3-LH.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    source = s3_bucket.upload(tmp_path / "archive", "incoming")
+    models = s3_bucket.upload(Path(tiny_bundle), "models/tiny")
+    o = s3_bucket.options
+    env_vars = {"AWS_ENDPOINT_URL": o["endpoint_url"], "AWS_ACCESS_KEY_ID": o["key"],
+                "AWS_SECRET_ACCESS_KEY": o["secret"], "AWS_REGION": o["region"]}
+    repo = Path(__file__).resolve().parent.parent
+    r = subprocess.run(
+        [ray_cluster.ray, "job", "submit", "--address", ray_cluster.address, "--working-dir", str(repo),
+         "--runtime-env-json", json.dumps({"env_vars": env_vars}), "--",
+         "python", "jobs/score_archive.py", "--input", source, "--output", f"{s3_bucket.uri}/scores",
+         "--models", models],
+        env=ray_cluster.env, capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "scored 9 radiograph file(s)" in r.stdout and "8 ok, 1 in error" in r.stdout
+    assert "on 2 node(s) with 4 CPU(s)" in r.stdout
+
+    out = read_outputs(s3_bucket.location("scores"))
+    assert len(out["images"]) == 9 and (out["images"]["status"] == "error").sum() == 1
+    assert sorted(out["patients"]["Patient_ID"]) == ["C1", "C2", "C3"]
+    assert len(out["joints"]) == 2 * 86 and not out["joints"].duplicated(["Patient_ID", "column"]).any()
+    assert len(out["predictions"]) == 3 and not out["predictions"].isna().any().any()
+
+
+def test_cli_errors_are_one_line(tiny_bundle, tmp_path, capsys, monkeypatch):
+    from ra2batch.cli import main
+    from ra2batch.job import pipeline
+
+    assert main(["score", "--input", str(tmp_path)]) == 2
+    assert "give both --input and --output" in capsys.readouterr().err
+    monkeypatch.setattr(pipeline, "DEMO_BUNDLE", tmp_path / "no-bundle")
+    assert main(["score", "--input", str(tmp_path), "--output", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "pass --models" in err and "ra2batch train" in err
+    assert main(["score", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--models", str(tmp_path)]) == 1
+    assert "no bundle.json; not a model bundle" in capsys.readouterr().err
+    assert main(["score", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o"), "--models",
+                 tiny_bundle]) == 1
+    assert f"input {tmp_path / 'nope'} does not exist" in capsys.readouterr().err
+
+
+def _demo_bundle_or_skip():
+    from ra2batch.job.pipeline import DEMO_BUNDLE
+
+    if not (DEMO_BUNDLE / "bundle.json").is_file():
+        pytest.skip("needs the trained demo bundle (ra2batch/demo_bundle), which is not installed")
+
+
+def test_predictions_beat_the_random_baseline_on_a_held_out_cohort(ray_local, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from ra2batch.job import score_archive
+    from ra2batch.synth import generate_cohort
+
+    _demo_bundle_or_skip()
+    generate_cohort(str(tmp_path / "cohort"), patients=6, seed=2024, scale=0.4, preview=False)
+    score_archive(str(tmp_path / "cohort" / "images"), str(tmp_path / "out"))
+    r = subprocess.run([sys.executable, "-m", "ra2batch", "evaluate", "--predictions",
+                        str(tmp_path / "out" / "predictions.csv"), "--truth", str(tmp_path / "cohort" / "truth.csv"),
+                        "--json"], capture_output=True, text=True, check=True)
+    scores = json.loads(r.stdout)
+    assert scores["n_patients"] == 6
+    for k in ("sc1", "sc2", "sc3"):
+        assert scores[k] < scores[f"baseline_{k}"], scores
+
+
+def test_no_arguments_scores_the_demo_archive(ray_local, tmp_path, monkeypatch, capsys):
+    from ra2batch.cli import main
+
+    _demo_bundle_or_skip()
+    monkeypatch.chdir(tmp_path)
+    assert main(["score"]) == 0
+    printed = capsys.readouterr().out
+    assert "32 ok, 0 in error; 8 patient(s)" in printed and "ra2batch evaluate --predictions ra2-output" in printed
+    assert (tmp_path / "ra2-output" / "patients" / "part-00000.parquet").is_file()
