@@ -81,3 +81,11 @@ def test_visits_are_separate_patient_rows_and_a_predictions_column():
     assert patients[["Patient_ID", "visit", "LH_mcp_E__1"]].values.tolist() == [["P4", "V1", 1.0], ["P4", "V2", 2.0]]
     pred, _ = fill_predictions(patients, MEDIANS)
     assert list(pred.columns[:2]) == ["Patient_ID", "visit"]
+
+
+def test_joints_flagged_by_test_time_augmentation_are_listed_for_review():
+    images, _ = _images(*[(f"/{limb}.jpg", "P3", None, limb, "ok") for limb in catalogue.LIMBS])
+    joints = pd.concat([_joints(f"/{limb}.jpg", "P3", limb) for limb in catalogue.LIMBS], ignore_index=True)
+    joints["review"] = joints["column"].isin(["RF_mtp_E__3", "LH_wrist_J__mna"])
+    (row,) = assemble_patients(images, joints).to_dict("records")
+    assert row["qc_flags"] == ["review:LH_wrist_J__mna", "review:RF_mtp_E__3"]

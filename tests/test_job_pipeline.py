@@ -217,6 +217,12 @@ def test_rerun_replaces_outputs_with_the_same_rows(ray_local, tiny_bundle, tmp_p
         pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-4)
     np.testing.assert_allclose(np.stack(before["joints"]["attention"]), np.stack(after["joints"]["attention"]),
                                rtol=1e-4)
+    # flip test-time augmentation: a disagreement per joint, flagged above the review threshold
+    joints = after["joints"]
+    assert (joints["uncertainty"] >= 0).all() and joints["uncertainty"].notna().all()
+    assert (joints["review"] == (joints["uncertainty"] > JobConfig().review_threshold)).all()
+    flagged = {f"review:{c}" for c in joints.loc[joints["review"], "column"]}
+    assert flagged == {f for flags in after["patients"]["qc_flags"] for f in flags if f.startswith("review:")}
 
 
 def test_detector_actor_killed_mid_run_is_replaced_and_outputs_are_complete(ray_local, tiny_bundle, tmp_path):

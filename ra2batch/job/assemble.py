@@ -73,7 +73,8 @@ def assemble_patients(images: pd.DataFrame, joints: pd.DataFrame) -> pd.DataFram
     """One row per (Patient_ID, visit) named by any file; ``images`` must carry ``chosen``.
 
     Only joints of chosen files count. Totals are sums of the joints present (NaN when none is) and
-    are flagged ``partial_totals`` when any of the 86 joints is missing.
+    are flagged ``partial_totals`` when any of the 86 joints is missing. Joints whose optional
+    ``review`` column is true (test-time augmentation disagreed) are flagged ``review:COLUMN``.
     """
     files = _keyed(images[images[ID_COLUMN].notna()])
     used = _keyed(joints[joints["path"].isin(files.loc[files["chosen"], "path"])])
@@ -84,6 +85,11 @@ def assemble_patients(images: pd.DataFrame, joints: pd.DataFrame) -> pd.DataFram
     found: dict[tuple[str, str, str], set[str]] = {}
     for *limb_key, crop_class in used[[*_LIMB_KEY, "crop_class"]].drop_duplicates().itertuples(index=False):
         found.setdefault(tuple(limb_key), set()).add(crop_class)
+    review: dict[tuple[str, str], list[str]] = {}
+    if "review" in used.columns:
+        flagged = used[used["review"].fillna(False).astype(bool)].sort_values("column")
+        for pid, visit, column in flagged[[ID_COLUMN, "_visit", "column"]].itertuples(index=False):
+            review.setdefault((pid, visit), []).append(f"review:{column}")
     empty = np.full(len(COLUMNS), np.nan)
     rows = []
     for (pid, visit), n_images in files.groupby([ID_COLUMN, "_visit"], sort=True).size().items():
@@ -93,6 +99,7 @@ def assemble_patients(images: pd.DataFrame, joints: pd.DataFrame) -> pd.DataFram
                                                            found.get((pid, visit, limb), set()))]
         if np.isnan(values).any():
             flags.append("partial_totals")
+        flags += review.get((pid, visit), [])
         present = sorted(limb for limb in LIMBS if (pid, visit, limb) in chosen)
         rows.append({ID_COLUMN: pid, "visit": visit or None, **_totals(values), **dict(zip(COLUMNS, values)),
                      "n_images": int(n_images), "limbs": ",".join(present), "qc_flags": flags})

@@ -30,6 +30,10 @@ class JobConfig(BaseModel):
     scorer_gpus: float | None = Field(None, ge=0, description="GPUs per joint-model actor; fractions allowed")
     actor_cpus: float | None = Field(None, gt=0, description="CPUs reserved by each model actor")
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads of each model actor")
+    tta: bool = Field(True, description="average each crop's score with its horizontal flip's and store their "
+                      "disagreement as the joint's uncertainty (doubles joint-model work)")
+    review_threshold: float = Field(0.5, ge=0, description="uncertainty (score points) above which a joint is "
+                                    "flagged for human review")
 
     @classmethod
     def load(cls, path: str | Path) -> JobConfig:

@@ -132,7 +132,9 @@ def build_dataset(files: pd.DataFrame, fs: Any, models: str, model_options: dict
                      fn_constructor_kwargs=model_args(cfg.detector_gpus),
                      **actors(cfg.detector_actors, cfg.detector_gpus))
         .map_batches(JointScorer, batch_format="pyarrow", batch_size=cfg.scorer_batch_size,
-                     fn_constructor_kwargs=model_args(cfg.scorer_gpus), **actors(cfg.scorer_actors, cfg.scorer_gpus))
+                     fn_constructor_kwargs={**model_args(cfg.scorer_gpus), "tta": cfg.tta,
+                                            "review_threshold": cfg.review_threshold},
+                     **actors(cfg.scorer_actors, cfg.scorer_gpus))
     )
 
 
@@ -219,7 +221,7 @@ def _assemble(stream: pa.Table, medians: dict[str, float]):
     used = pa.array(images.loc[images["chosen"], "path"], pa.string())
     joints = joints.filter(pc.is_in(joints.column("path"), value_set=used)).sort_by(
         [(ID_COLUMN, "ascending"), ("visit", "ascending"), ("limb", "ascending"), ("column", "ascending")])
-    keys = joints.select([ID_COLUMN, "visit", "limb", "path", "column", "score", "crop_class"]).to_pandas()
+    keys = joints.select([ID_COLUMN, "visit", "limb", "path", "column", "score", "crop_class", "review"]).to_pandas()
     predictions, patients = fill_predictions(assemble_patients(images, keys), medians)
     return images, joints, patients, predictions, duplicates
 

@@ -96,8 +96,16 @@ class JointScorer:
     ``joint`` record per model output (score clipped to the column's range, attention map attached).
     Other records pass through unchanged."""
 
-    def __init__(self, models: str, storage_options: dict[str, Any] | None, torch_threads: int, use_gpu: bool):
+    def __init__(self, models: str, storage_options: dict[str, Any] | None, torch_threads: int, use_gpu: bool,
+                 tta: bool = True, review_threshold: float = 0.5):
         self.bundle = _load(models, storage_options, torch_threads, use_gpu)
+        self.tta, self.review_threshold = tta, review_threshold
+
+    def _score(self, name: str, stack: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self.tta:
+            return self.bundle.score_tta(name, stack)
+        scores, attention = self.bundle.score(name, stack)
+        return scores, attention, np.full_like(scores, np.nan)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         batch = batch.cast(STREAM)
@@ -114,14 +122,15 @@ class JointScorer:
                 idx = [i for i, m in enumerate(meta) if m["group"] == name]
                 s = meta[idx[0]]["crop_size"]
                 stack = np.stack([np.frombuffer(pixels[i].as_buffer(), dtype=np.float32).reshape(s, s) for i in idx])
-                scores, attention = self.bundle.score(name, stack)
+                scores, attention, uncertainty = self._score(name, stack)
                 group = self.bundle.plan.group(name)
-                for i, sc, att in zip(idx, np.asarray(scores), np.asarray(attention, dtype=np.float32)):
+                for i, sc, att, unc in zip(idx, scores, np.asarray(attention, dtype=np.float32), uncertainty):
                     m = meta[i]
-                    for column, value in zip(group.columns(m["limb"], m["crop_class"]), sc):
+                    for column, value, u in zip(group.columns(m["limb"], m["crop_class"]), sc, unc):
                         top = catalogue.BY_COLUMN[column].max_score
                         rows.append({**m, "record": "joint", "crop_size": None, "column": column,
                                      "damage": group.damage, "score": float(np.clip(value, 0.0, top)),
                                      "attention": att.ravel().tolist(), "attention_h": int(att.shape[0]),
-                                     "attention_w": int(att.shape[1])})
+                                     "attention_w": int(att.shape[1]), "uncertainty": float(u),
+                                     "review": bool(u > self.review_threshold)})
         return pa.concat_tables([passed, pa.Table.from_pylist(rows, schema=STREAM)])

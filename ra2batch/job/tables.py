@@ -48,6 +48,7 @@ JOINT_FIELDS = [
     pa.field("column", pa.string()), pa.field("damage", pa.string()), pa.field("score", pa.float64()),
     pa.field("attention", pa.list_(pa.float32())),
     pa.field("attention_h", pa.int64()), pa.field("attention_w", pa.int64()),
+    pa.field("uncertainty", pa.float64()), pa.field("review", pa.bool_()),
 ]
 
 RUN_FIELDS = [pa.field("model_version", pa.string()), pa.field("scored_at", SCORED_AT)]
@@ -70,7 +71,8 @@ IMAGES = pa.schema(
 )
 JOINTS = pa.schema(
     ID_FIELDS[1:] + [f for f in JOINT_FIELDS if f.name in ("column", "damage", "score")]
-    + BOX_FIELDS + [f for f in JOINT_FIELDS if f.name.startswith("attention")] + [ID_FIELDS[0]] + RUN_FIELDS
+    + BOX_FIELDS + [f for f in JOINT_FIELDS if f.name.startswith("attention")]
+    + [f for f in JOINT_FIELDS if f.name in ("uncertainty", "review")] + [ID_FIELDS[0]] + RUN_FIELDS
 )
 PATIENTS = pa.schema(
     [pa.field(ID_COLUMN, pa.string()), pa.field("visit", pa.string())]
