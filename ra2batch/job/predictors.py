@@ -18,7 +18,6 @@ import torch
 from ra2batch import catalogue
 from ra2batch.job.tables import IDENTITY, STREAM
 from ra2batch.models import load_bundle
-from ra2batch.models.crops import joint_crops
 
 
 def _load(models: str, storage_options: dict[str, Any] | None, torch_threads: int, use_gpu: bool):
@@ -80,7 +79,7 @@ class Detector:
         rows = []
         for crop_class, d in detections.items():
             try:
-                cut = list(joint_crops(image, {crop_class: d}, meta["limb"], self.bundle.plan))
+                cut = list(self.bundle.joint_crops(image, {crop_class: d}, meta["limb"]))
             except ValueError:
                 continue
             x0, y0, x1, y1 = (float(v) for v in d.box)
