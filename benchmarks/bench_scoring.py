@@ -1,0 +1,221 @@
+"""Benchmark the scoring job against a naive serial loop and the ideal serial cost; see benchmarks/README.md.
+
+    .venv/bin/python benchmarks/bench_scoring.py --patients 50 --results-md
+
+Runs, each in a fresh process whose whole process tree is sampled for memory (and the GPUs, if any):
+naive and bound on ``N`` patients, the Ray Data job on ``N`` and on ``4N`` patients. Prints a table,
+writes the figures as JSON (``--json``) and, with ``--results-md``, benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import secrets
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from ra2batch.job.config import JobConfig
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from materials import cached_archive, choose_bundle  # noqa: E402
+from monitors import GpuSampler, TreeMemorySampler  # noqa: E402
+from report import format_console, machine, results_markdown  # noqa: E402
+from workloads import Spec  # noqa: E402
+
+#: JobConfig fields that have a command-line flag here (``--detector-batch-size`` etc.).
+NUMERIC_KNOBS = ("files_per_decode_task", "detector_actors", "detector_batch_size", "detector_gpus", "scorer_actors",
+                 "scorer_batch_size", "scorer_gpus", "actor_cpus", "torch_threads")
+JOB_KNOBS = (*NUMERIC_KNOBS, "tta")
+GPU_TARGET = 250.0  # radiographs per second per H100, paper preset
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    cpus = os.cpu_count() or 1
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--patients", type=int, default=50, help="N: patients (4 radiographs each) of the main runs")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic archive")
+    p.add_argument("--scale", type=float, default=0.5,
+                   help="synthetic image scale (long side 1000-2500 px at 1; default 0.5: 500-1250 px)")
+    p.add_argument("--models", help="model bundle (dir or s3://); default: the built-in demo bundle if installed, "
+                                    "else an untrained bundle of --preset")
+    p.add_argument("--preset", choices=("demo", "paper"), default="demo",
+                   help="architecture of the untrained bundle used without --models (paper: ResNet-50 RetinaNet "
+                        "1000/1400, EfficientNet B3/B4/B5; for GPUs)")
+    p.add_argument("--cache", type=Path, default=HERE / ".cache", help="where archives and bundles are cached")
+    p.add_argument("--json", type=Path, default=HERE / "results.json", help="where to write the figures as JSON")
+    p.add_argument("--results-md", nargs="?", type=Path, const=HERE / "RESULTS.md", default=None,
+                   help="also (re)write this markdown report (default path: benchmarks/RESULTS.md)")
+    p.add_argument("--cpus", type=int, default=cpus, help="CPUs of the job's local Ray cluster")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads of the naive and bound runs (1: serial; see README)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="device of the naive and bound runs (the job places its models by JobConfig)")
+    p.add_argument("--sample-interval", type=float, default=0.2, help="seconds between memory/GPU samples")
+    p.add_argument("--profile", type=Path, metavar="DIR",
+                   help="record each run with py-spy (all its processes) into DIR/RUN.svg; slows the runs, so "
+                        "their figures are only good for finding where the time goes")
+    for knob in NUMERIC_KNOBS:
+        kind = float if knob.endswith(("gpus", "cpus")) else int
+        p.add_argument(f"--{knob.replace('_', '-')}", type=kind, help=f"JobConfig.{knob}")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="JobConfig.tta: score every crop and its mirror (all runs follow it; default: the job's)")
+    args = p.parse_args(argv)
+    if args.patients < 1:
+        p.error("--patients must be at least 1")
+    return args
+
+
+def _child_env(scratch: Path) -> dict[str, str]:
+    """The caller's environment with Ray's token authentication in a private token file (nothing in
+    ``~/.ray`` is read or written) and no ``RAY_ADDRESS``, so the job starts its own local cluster."""
+    token = scratch / "ray_auth_token"
+    token.write_text(secrets.token_hex(32))
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _profiler(out: Path) -> list[str]:
+    """py-spy sampling the child and every process it starts (Ray's workers too), as a flame graph."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(exe).is_file():
+        raise RuntimeError("--profile needs py-spy (pip install py-spy)")
+    return [exe, "record", "--subprocesses", "--nonblocking", "--rate", "50", "--output", str(out), "--"]
+
+
+def measure(spec: Spec, scratch: Path, interval: float, profile: Path | None = None) -> dict[str, Any]:
+    """Run ``spec`` in a fresh process; its figures plus peak memory and GPU use over its measured phase."""
+    name = f"{spec.kind}-{len(spec.files)}"
+    spec_file, result_file, log = (scratch / f"{name}.{ext}" for ext in ("spec", "json", "log"))
+    spec_file.write_text(json.dumps(asdict(spec)))
+    command = [sys.executable, str(HERE / "workloads.py"), str(spec_file), str(result_file)]
+    if profile:
+        command = _profiler(profile / f"{name}.svg") + command
+    with log.open("w") as out:
+        child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=_child_env(scratch))
+        memory = TreeMemorySampler(child.pid, interval).start()
+        gpu = GpuSampler(interval).start()
+        code = child.wait()
+        memory.stop()
+        gpu.stop()
+    if code != 0:
+        tail = "\n".join(log.read_text().splitlines()[-25:])
+        raise RuntimeError(f"the {spec.kind} run failed (exit {code}); end of its log {log}:\n{tail}")
+    run = json.loads(result_file.read_text())
+    start, end = run.pop("phase")
+    peak = memory.peak(start, end)
+    run.update(radiographs_per_second=run["radiographs"] / run["wall_s"] if run["wall_s"] > 0 else 0.0,
+               peak_memory_bytes=peak.bytes, peak_memory_processes=peak.processes,
+               peak_memory_by_process=dict(sorted(peak.by_process.items(), key=lambda kv: -kv[1])),
+               memory_measure=memory.measure,
+               gpu_utilisation=gpu.summary(start, end))
+    return run
+
+
+def _warm_page_cache(files: list[str]) -> None:
+    """Read every file once so that no run pays for the first read from disk."""
+    for f in files:
+        Path(f).read_bytes()
+
+
+def targets(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The issue's ratios with their targets (set for a 2-core CPU, the demo bundle and N = 50)."""
+    job, job4, naive, bound = runs["job"], runs["job_4n"], runs["naive"], runs["bound"]
+    speedup = job["radiographs_per_second"] / naive["radiographs_per_second"]
+    over_bound = job["wall_s"] / bound["wall_s"]
+    memory = job4["peak_memory_bytes"] / job["peak_memory_bytes"]
+    throughput = job4["radiographs_per_second"] / job["radiographs_per_second"]
+    return {
+        "job speed-up over naive": {"value": speedup, "target": ">= 1.3", "met": speedup >= 1.3},
+        "job wall / serial bound": {"value": over_bound, "target": "<= 1.1", "met": over_bound <= 1.1},
+        "peak memory 4N / N": {"value": memory, "target": "<= 1.15", "met": memory <= 1.15},
+        "radiographs/s 4N / N": {"value": throughput, "target": "0.9 - 1.1", "met": 0.9 <= throughput <= 1.1},
+    }
+
+
+def _gpu_target(job: dict[str, Any]) -> dict[str, Any] | None:
+    if not job["gpus"]:
+        return None
+    per_gpu = job["radiographs_per_second"] / job["gpus"]
+    return {"value": per_gpu, "target": f">= {GPU_TARGET:g} radiographs/s per H100 (paper preset)",
+            "met": per_gpu >= GPU_TARGET}
+
+
+def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    started = machine()
+    n = args.patients
+    args.cache.mkdir(parents=True, exist_ok=True)
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    archive = cached_archive(args.cache, 4 * n, args.seed, args.scale)
+    models, description = choose_bundle(args.models, args.preset, args.cache)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    knobs = {k: getattr(args, k) for k in JOB_KNOBS if getattr(args, k) is not None}
+    job_config = JobConfig(**knobs)
+    common = dict(input=str(archive.root / "images"), models=models, threads=args.threads, cpus=args.cpus,
+                  device=device, job_config=knobs, detector_batch_size=job_config.detector_batch_size,
+                  scorer_batch_size=job_config.scorer_batch_size, tta=job_config.tta)
+    files, files_4n = archive.files(n), archive.files(4 * n)
+    _warm_page_cache(files_4n)
+    plan = {"naive": (files, n), "bound": (files, n), "job": (files, n), "job_4n": (files_4n, 4 * n)}
+    runs: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="ra2bench-") as scratch:
+        for key, (these, patients) in plan.items():
+            print(f"{key}: {len(these)} radiographs ...", flush=True)
+            spec = Spec(kind=key.removesuffix("_4n"), files=these, **common)
+            runs[key] = {"patients": patients, **measure(spec, Path(scratch), args.sample_interval, args.profile)}
+    job, checked = runs["job"], targets(runs)
+    if not runs["naive"]["joints"] == runs["bound"]["joints"] == job["joints"]:
+        print(f"warning: the runs scored different numbers of joints (naive {runs['naive']['joints']}, bound "
+              f"{runs['bound']['joints']}, job {job['joints']}): they did not do the same work", file=sys.stderr)
+    return {
+        "command": shlex.join([sys.executable, *sys.argv]),
+        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": started,
+        "bundle": {"path": models, "description": description, "model_version": job["model_version"],
+                   "device_naive_bound": device},
+        "archive": archive.describe(),
+        "patients": n,
+        "job_config": job["config"],
+        "memory_measure": job["memory_measure"],
+        "sample_interval_s": args.sample_interval,
+        "profiled": bool(args.profile),
+        "runs": runs,
+        "ratios": {k: v["value"] for k, v in checked.items()},
+        "targets": checked,
+        "gpu_utilisation": job["gpu_utilisation"],
+        "gpu_target": _gpu_target(job),
+        "startup_s": {"job": job["startup_s"], "job_4n": runs["job_4n"]["startup_s"]},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    t = time.perf_counter()
+    result = run_benchmark(args)
+    print(format_console(result))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nfigures: {args.json}" + (f"; report: {args.results_md}" if args.results_md else "")
+          + f" ({time.perf_counter() - t:.0f} s in all)")
+    if args.results_md:
+        args.results_md.write_text(results_markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""Background samplers: memory of a whole process tree (Ray's daemons and workers included) and GPU use.
+
+Memory is read from Linux's ``/proc`` (no psutil in this environment): for every process descended
+from the root, ``Pss`` from ``/proc/PID/smaps_rollup``, the proportional set size, which splits each
+shared page (Ray's shared-memory object store, shared libraries) among the processes that map it, so
+the sum over processes counts every page once. Where ``smaps_rollup`` cannot be read, ``VmRSS`` from
+``/proc/PID/status`` stands in (it counts shared pages once per process, so it over-counts).
+
+Samples carry wall-clock timestamps (``time.time()``) so that a run's phases, reported by the child
+process in the same clock, can be cut out of them afterwards.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROC = Path("/proc")
+
+
+def _children_map() -> dict[int, list[int]]:
+    """``parent pid -> child pids`` of every process visible now."""
+    children: dict[int, list[int]] = {}
+    for d in PROC.iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue  # exited while listing
+        ppid = int(stat[stat.rfind(")") + 2:].split()[1])  # the command name may hold spaces and ')'
+        children.setdefault(ppid, []).append(int(d.name))
+    return children
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and every process descended from it (a Ray driver's raylet, GCS and workers)."""
+    children = _children_map()
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += children.get(pid, [])
+    return tree
+
+
+def _kib(text: str, key: str) -> int | None:
+    for line in text.splitlines():
+        if line.startswith(key):
+            return int(line.split()[1])
+    return None
+
+
+def process_memory(pid: int) -> tuple[int, str]:
+    """``(bytes, "pss" | "rss")`` of one process; ``(0, "gone")`` if it has exited (or is a zombie,
+    which maps no memory)."""
+    try:
+        return (_kib((PROC / str(pid) / "smaps_rollup").read_text(), "Pss:") or 0) * 1024, "pss"
+    except FileNotFoundError:
+        return 0, "gone"
+    except OSError:
+        pass  # not permitted to read smaps: fall back to the resident set
+    try:
+        rss = _kib((PROC / str(pid) / "status").read_text(), "VmRSS:")
+    except OSError:
+        return 0, "gone"
+    return (rss or 0) * 1024, "rss"
+
+
+def process_name(pid: int) -> str:
+    """A short name: Ray's process title (``ray::IDLE``, ``ray::Detector``...) or the program's name."""
+    try:
+        argv = (PROC / str(pid) / "cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    first = argv[0].decode(errors="replace")
+    if first.startswith("ray::"):
+        return first.split()[0]
+    if len(argv) > 2 and argv[1] == b"-m":
+        return argv[2].decode(errors="replace")
+    script = next((a.decode(errors="replace") for a in argv[1:3] if a.endswith(b".py")), "")
+    return Path(script or first).name or "?"
+
+
+@dataclass
+class MemorySample:
+    """Summed memory of the tree at one moment; ``by_process`` is ``name -> bytes`` (names summed)."""
+
+    time: float
+    bytes: int
+    processes: int
+    by_process: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class TreeMemorySampler:
+    """Samples the summed memory of ``root``'s process tree every ``interval`` seconds until stopped."""
+
+    root: int
+    interval: float = 0.2
+    samples: list[MemorySample] = field(default_factory=list)
+    kinds: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tree-memory", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            by_process: dict[str, int] = {}
+            n = 0
+            for pid in process_tree(self.root):
+                b, kind = process_memory(pid)
+                if kind != "gone":
+                    name = process_name(pid)
+                    by_process[name] = by_process.get(name, 0) + b
+                    n += 1
+                    self.kinds.add(kind)
+            if n:
+                self.samples.append(MemorySample(time.time(), sum(by_process.values()), n, by_process))
+            self._stop.wait(self.interval)
+
+    def start(self) -> TreeMemorySampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def measure(self) -> str:
+        """What the figures are: ``pss``, ``rss`` or ``pss+rss`` when some processes gave only RSS."""
+        return "+".join(sorted(self.kinds - {"gone"})) or "none"
+
+    def peak(self, start: float = float("-inf"), end: float = float("inf")) -> MemorySample:
+        """The sample of largest summed memory taken in ``[start, end]`` (of all samples if none was)."""
+        inside = [s for s in self.samples if start <= s.time <= end] or self.samples
+        return max(inside, key=lambda s: s.bytes, default=MemorySample(0.0, 0, 0))
+
+
+@dataclass
+class GpuSampler:
+    """Samples ``nvidia-smi``'s utilisation of every GPU (percent, averaged over GPUs) while running.
+
+    ``available`` is false without CUDA or ``nvidia-smi``; then nothing is sampled.
+    """
+
+    interval: float = 0.2
+    samples: list[tuple[float, float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.available = _cuda_available() and shutil.which("nvidia-smi") is not None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="gpu-utilisation", daemon=True)
+
+    def _query(self) -> float | None:
+        r = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                           capture_output=True, text=True, timeout=10)
+        values = [float(v) for v in r.stdout.split() if v.strip().replace(".", "", 1).isdigit()]
+        return sum(values) / len(values) if r.returncode == 0 and values else None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            value = self._query()
+            if value is not None:
+                self.samples.append((time.time(), value))
+            self._stop.wait(self.interval)
+
+    def start(self) -> GpuSampler:
+        if self.available:
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def summary(self, start: float = float("-inf"), end: float = float("inf")) -> dict[str, float] | str:
+        """``{"mean": %, "max": %, "samples": n}`` over ``[start, end]``, or why there is none."""
+        if not self.available:
+            return "n/a (no GPU)"
+        inside = [v for t, v in self.samples if start <= t <= end]
+        if not inside:
+            return "n/a (no sample during the run)"
+        return {"mean": sum(inside) / len(inside), "max": max(inside), "samples": len(inside)}
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -1,0 +1,243 @@
+"""The three measured workloads, each run alone in a fresh process: ``python workloads.py SPEC RESULT``.
+
+A fresh process per run keeps one run's memory (allocator caches, loaded models, Ray) out of the
+next one's peak, and lets the parent sample exactly that process tree. ``SPEC`` is a JSON
+:class:`Spec`; the result (timings in seconds, wall-clock phase marks from ``time.time()``) is
+written to ``RESULT`` as JSON.
+
+- ``naive``: the published code's shape: per file read, decode, detect (batch of one), crop, then
+  each joint model on one crop at a time. Model loading is timed apart and left out of its wall time.
+  With test-time augmentation (``tta``, as the job's default), each crop is scored with its mirror.
+- ``bound``: the ideal serial cost: each stage over all files in isolation, models batched as the
+  job batches them (detector: images of one limb kind and size; joint models: crops of one group);
+  wall = decode + detect + crop + score.
+- ``job``: ``ra2batch.job.pipeline.score_archive`` on a Ray cluster started here; ``ray.init`` is
+  timed apart (``startup_s``), while the job's own start-up (driver bundle load, actors starting and
+  loading their models) is part of its wall time, as it is for every real run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+
+@dataclass
+class Spec:
+    """What one child run does. ``files`` are absolute paths under ``input``; ``job_config`` holds
+    :class:`ra2batch.job.config.JobConfig` fields (unset ones are resolved by the job). ``tta``: score
+    each crop and its mirror image, as the job does with ``JobConfig.tta``, so every run does the same work."""
+
+    kind: str
+    input: str
+    files: list[str]
+    models: str
+    threads: int
+    cpus: int
+    device: str = "cpu"
+    job_config: dict[str, Any] = field(default_factory=dict)
+    detector_batch_size: int = 4
+    scorer_batch_size: int = 64
+    tta: bool = True
+
+
+class StageClock:
+    """Wall and CPU seconds (this process, all threads) spent per named stage, summed over calls.
+
+    CPU seconds say where the work goes even on a busy machine, where wall times stretch."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.cpu_seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        t, c = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.seconds[stage] += time.perf_counter() - t
+            self.cpu_seconds[stage] += time.process_time() - c
+
+
+def _identity(path: str) -> tuple[str, str]:
+    """``(limb, kind)`` of an archive file named ``{Patient_ID}-{limb}.ext``."""
+    from ra2batch.catalogue import limb_kind
+    from ra2batch.job.inputs import parse_name
+
+    parsed = parse_name(path)
+    if isinstance(parsed, str):
+        raise ValueError(parsed)
+    return parsed[2], limb_kind(parsed[2])
+
+
+def _score(bundle, spec: Spec, group: str, crops: np.ndarray, batch_size: int) -> np.ndarray:
+    """Scores ``[N, n_outputs]`` of one group, with test-time augmentation when the job uses it."""
+    if spec.tta:
+        return bundle.score_tta(group, crops, batch_size=batch_size)[0]
+    return bundle.score(group, crops, batch_size=batch_size)[0]
+
+
+def _load(spec: Spec):
+    import torch
+
+    from ra2batch.models import load_bundle
+
+    torch.set_num_threads(spec.threads)
+    return load_bundle(spec.models).to(spec.device)
+
+
+def run_naive(spec: Spec) -> dict[str, Any]:
+    """One file at a time, one crop per joint-model call."""
+    import torch
+
+    from ra2batch.imaging.readers import decode
+
+    t = time.perf_counter()
+    bundle = _load(spec)
+    load_s = time.perf_counter() - t
+    clock, crops, joints = StageClock(), 0, 0
+    start = time.time()
+    with torch.inference_mode():
+        for path in spec.files:
+            limb, kind = _identity(path)
+            with clock("decode"):
+                image = decode(Path(path).read_bytes(), path).pixels
+            with clock("detect"):
+                found = bundle.detect([image], kind)[0]
+            with clock("crop"):
+                cut = list(bundle.joint_crops(image, found, limb))
+            with clock("score"):
+                for c in cut:
+                    joints += _score(bundle, spec, c.group, c.crop[None], 1).shape[1]
+            crops += len(cut)
+    end = time.time()
+    return {"wall_s": end - start, "phase": [start, end], "load_s": load_s, "stages": dict(clock.seconds),
+            "stages_cpu": dict(clock.cpu_seconds), "radiographs": len(spec.files), "crops": crops, "joints": joints}
+
+
+def _alike(images: list[np.ndarray], ids: list[tuple[str, str]]) -> dict[tuple[str, int, int], list[int]]:
+    """Indices of images by (limb kind, height, width): the job batches only such images, since
+    padding a batch to a common size would make one radiograph's boxes depend on its batch mates."""
+    groups: dict[tuple[str, int, int], list[int]] = defaultdict(list)
+    for i, (image, (_, kind)) in enumerate(zip(images, ids)):
+        groups[(kind, *image.shape)].append(i)
+    return groups
+
+
+def run_bound(spec: Spec) -> dict[str, Any]:
+    """Each stage alone over every file; models batched. Wall is the sum of the stage times."""
+    import torch
+
+    from ra2batch.imaging.readers import decode
+
+    bundle = _load(spec)
+    clock = StageClock()
+    start = time.time()
+    with clock("decode"):
+        images = [decode(Path(p).read_bytes(), p).pixels for p in spec.files]
+    ids = [_identity(p) for p in spec.files]
+    found: dict[int, dict] = {}
+    with torch.inference_mode():
+        with clock("detect"):
+            for (kind, _, _), idx in sorted(_alike(images, ids).items()):
+                found.update(zip(idx, bundle.detect([images[i] for i in idx], kind,
+                                                    batch_size=spec.detector_batch_size)))
+        by_group: dict[str, list[np.ndarray]] = defaultdict(list)
+        with clock("crop"):
+            for i, image in enumerate(images):
+                for c in bundle.joint_crops(image, found[i], ids[i][0]):
+                    by_group[c.group].append(c.crop)
+        joints = 0
+        with clock("score"):
+            for group, crops in sorted(by_group.items()):
+                joints += _score(bundle, spec, group, np.stack(crops), spec.scorer_batch_size).size
+    end = time.time()
+    return {"wall_s": sum(clock.seconds.values()), "phase": [start, end], "stages": dict(clock.seconds),
+            "stages_cpu": dict(clock.cpu_seconds), "radiographs": len(spec.files),
+            "crops": sum(map(len, by_group.values())), "joints": joints}
+
+
+def run_job(spec: Spec) -> dict[str, Any]:
+    """The Ray Data job on a local cluster of ``spec.cpus`` CPUs started (and timed) here."""
+    import ray
+
+    from ra2batch.job.config import JobConfig
+    from ra2batch.job.pipeline import score_archive
+
+    scratch = Path(tempfile.mkdtemp(prefix="ra2bench-", dir="/tmp"))  # short: Ray's socket paths
+    try:
+        t = time.perf_counter()
+        ray.init(num_cpus=spec.cpus, include_dashboard=False, _temp_dir=str(scratch / "ray"), log_to_driver=False)
+        startup_s = time.perf_counter() - t
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        config = JobConfig(**spec.job_config)
+        start = time.time()
+        summary = score_archive(spec.input, str(scratch / "out"), models=spec.models, config=config,
+                                paths=spec.files)
+        end = time.time()
+        resources = ray.cluster_resources()
+        resolved = config.resolved(resources).model_dump()
+        ray.shutdown()
+        operators = _ray_data_stats(scratch / "ray")
+    finally:
+        ray.shutdown()
+        shutil.rmtree(scratch, ignore_errors=True)
+    return {"wall_s": end - start, "phase": [start, end], "startup_s": startup_s, "operators": operators,
+            "radiographs": summary.files, "images_ok": summary.images_ok, "images_error": summary.images_error,
+            "joints": summary.joints, "patients": summary.patients, "model_version": summary.model_version,
+            "cluster": summary.cluster, "config": resolved, "gpus": resources.get("GPU", 0.0),
+            "errors": summary.errors[:3]}
+
+
+_OP_DONE = re.compile(r"Operator \w+\[(?P<op>[^\]]*\))\] completed\. Operator Metrics:\n(?P<metrics>\{.*\})")
+_FIRST_TASK = re.compile(r"^(?P<ts>\S+ \S+)\s.*Executing map task of operator (?P<op>.+) with task index 0$", re.M)
+_PLAN = re.compile(r"^(?P<ts>\S+ \S+)\s.*Execution plan of Dataset", re.M)
+_METRICS = {"udf_s": "function_body_time_s", "task_s": "task_completion_time_s", "tasks": "num_tasks_finished",
+            "rows_out": "rows_task_outputs_generated"}
+
+
+def _stamp(text: str) -> float:
+    return dt.datetime.strptime(text, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def _ray_data_stats(ray_dir: Path) -> dict[str, dict[str, float]]:
+    """Per Ray Data operator: UDF and task seconds, tasks, rows out, and ``first_task_after_s``, the
+    delay from the start of execution to its first task (worker and actor start-up), read from Ray
+    Data's debug log. Best effort: empty if the log's format changes."""
+    logs = sorted(ray_dir.glob("session_*/logs/ray-data/ray-data.log"))
+    text = "\n".join(p.read_text(errors="replace") for p in logs)
+    stats: dict[str, dict[str, float]] = {}
+    for m in _OP_DONE.finditer(text):
+        values = {k: re.search(rf"'{key}': ([0-9.e+-]+)", m["metrics"]) for k, key in _METRICS.items()}
+        stats[m["op"]] = {k: float(v[1]) for k, v in values.items() if v}
+    plan = _PLAN.search(text)
+    for m in _FIRST_TASK.finditer(text):
+        if plan and m["op"] in stats:
+            stats[m["op"]]["first_task_after_s"] = _stamp(m["ts"]) - _stamp(plan["ts"])
+    return stats
+
+
+RUNS = {"naive": run_naive, "bound": run_bound, "job": run_job}
+
+
+def main(spec_path: str, result_path: str) -> None:
+    spec = Spec(**json.loads(Path(spec_path).read_text()))
+    result = RUNS[spec.kind](spec)
+    Path(result_path).write_text(json.dumps({**result, "spec": {**asdict(spec), "files": len(spec.files)}}))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
