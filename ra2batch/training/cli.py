@@ -1,0 +1,113 @@
+"""``ra2batch train`` (and ``jobs/train.py``): train a model bundle with Ray Train."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+
+from ..scorer import ScoringError
+from .dataset import DatasetError
+from .pipeline import RunSettings, TrainingError, train
+from .presets import PRESETS, TrainPreset, get_preset
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, metavar="URI",
+                   help="RA2-layout dataset: images/, training.csv, annotations/*.xml (local or s3://)")
+    p.add_argument("--out", required=True, metavar="URI", help="where to write the model bundle (local or s3://)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="demo",
+                   help="paper: DeepRA's models for GPU clusters; demo: tiny models for a laptop (default)")
+    p.add_argument("--name", default=None,
+                   help="run name; starting a run with the same name and storage path resumes it "
+                        "(default: train-<preset>)")
+    p.add_argument("--storage-path", default="./train-runs", metavar="URI",
+                   help="Ray Train checkpoints, local or s3:// (default ./train-runs)")
+    p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers per model (DDP)")
+    p.add_argument("--use-gpu", action="store_true", help="one GPU per worker (NCCL); CPU workers use gloo")
+    p.add_argument("--cpus-per-worker", type=float, default=None,
+                   help="CPUs reserved per worker (default: the cluster's CPUs shared among the workers)")
+    p.add_argument("--epochs", type=int, default=None, help="maximum epochs of every model (overrides the preset)")
+    p.add_argument("--detector-epochs", type=int, default=None, help="maximum epochs of the detectors")
+    p.add_argument("--joint-epochs", type=int, default=None, help="maximum epochs of the joint models")
+    p.add_argument("--max-train-minutes", type=float, default=None,
+                   help="wall-clock budget for all eight models, shared out like the preset's budgets")
+    p.add_argument("--joint-boxes", choices=("annotated", "detected"), default=None,
+                   help="cut joint-model training crops from the annotated boxes or from the trained "
+                        "detectors' boxes (as the scoring job sees them)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the patient split and initialisation")
+    p.add_argument("--stop-after-epochs", type=int, default=None,
+                   help="pause: end each model's session after this many epochs (rerun to continue)")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address (default: RAY_ADDRESS, else a local Ray instance)")
+    p.add_argument("--storage-options", type=json.loads, default=None, metavar="JSON",
+                   help="extra S3 settings, e.g. '{\"endpoint_url\": \"http://127.0.0.1:9000\"}'")
+
+
+def _budgets(preset: TrainPreset, total: float) -> tuple[float, float]:
+    """Per-detector and per-joint-model minutes that add up to ``total`` for the whole plan."""
+    det, joint = preset.detector_training.max_minutes, preset.joint_training.max_minutes
+    n_det, n_joint = len(preset.detectors), len(preset.plan.groups)
+    if det is None or joint is None:
+        return total / 2 / n_det, total / 2 / n_joint
+    factor = total / (det * n_det + joint * n_joint)
+    return det * factor, joint * factor
+
+
+def configure(args: argparse.Namespace) -> TrainPreset:
+    """The chosen preset with the command line's overrides applied."""
+    preset = get_preset(args.preset)
+    det, joint = dict(), dict()
+    if args.epochs is not None:
+        det["epochs"] = joint["epochs"] = args.epochs
+    if args.detector_epochs is not None:
+        det["epochs"] = args.detector_epochs
+    if args.joint_epochs is not None:
+        joint["epochs"] = args.joint_epochs
+    if args.max_train_minutes is not None:
+        det["max_minutes"], joint["max_minutes"] = _budgets(preset, args.max_train_minutes)
+    if args.joint_boxes is not None:
+        joint["boxes"] = args.joint_boxes
+    top: dict = {} if args.seed is None else {"seed": args.seed}
+    # Rebuilt through model_validate so that the overrides are validated too.
+    return TrainPreset.model_validate({
+        **preset.model_dump(), **top,
+        "detector_training": {**preset.detector_training.model_dump(), **det},
+        "joint_training": {**preset.joint_training.model_dump(), **joint},
+    })
+
+
+def format_summary(metrics: dict) -> str:
+    h = metrics["held_out"]
+    lines = [f"held-out patients: {h['n_patients']} ({h['n_images']} radiographs)",
+             f"{'':10}{'SC1':>8}{'SC2':>8}{'SC3':>8}"]
+    for label, key in (("model", "{}"), ("baseline", "baseline_{}"), ("ratio", "ratio_{}")):
+        lines.append(f"{label:10}" + "".join(f"{h[key.format(k)]:>8.3f}" for k in ("sc1", "sc2", "sc3")))
+    lines.append(" ".join(f"{k} {h[k]:.3f}" for k in ("hand_mAP", "foot_mAP") if k in h) + " (IoU 0.6)")
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    import ray
+    import ray.data
+
+    try:
+        preset = configure(args)
+    except ValueError as e:
+        print(f"ra2batch train: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    ray.init(address=args.address, ignore_reinit_error=True)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    run = RunSettings(name=args.name or f"train-{preset.name}", storage_path=args.storage_path,
+                      num_workers=args.num_workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,
+                      storage_options=args.storage_options, stop_after_epochs=args.stop_after_epochs,
+                      log=lambda m: print(m, flush=True))
+    try:
+        metrics = train(args.data, args.out, preset, run, storage_options=args.storage_options,
+                        command=shlex.join(sys.argv))
+    except (DatasetError, ScoringError, TrainingError) as e:
+        print(f"ra2batch train: error: {e}", file=sys.stderr)
+        return 2
+    print(format_summary(metrics))
+    return 0

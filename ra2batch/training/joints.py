@@ -1,0 +1,127 @@
+"""Joint-model training inside Ray Train workers: one attention model per plan group.
+
+Rows come from ``data.crop_dataset`` filtered to one group. Each epoch keeps every damaged crop
+and a fresh random draw of zero-damage crops (``keep_zero`` of them, so both are about equally
+many), mirrors a random half left-right, and minimises the MSE of the raw SvH scores. Validation
+RMSE is over every output of every validation crop of all ranks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.joint_model import JointHeadConfig, JointModel
+from ..models.plan import JointGroup
+from ..models.preprocessing import Preprocessing
+from .augment import augment_crops
+from .loop import gather, run_epochs
+from .presets import JointTraining
+from .state import Plateau
+
+
+def freeze_backbone(model: JointModel, unfrozen_fraction: float) -> int:
+    """Freeze the leading ``1 - unfrozen_fraction`` of the backbone's parameter tensors (the stem
+    and early blocks, in definition order); returns how many tensors stay trainable."""
+    params = list(model.backbone.parameters())
+    n_frozen = round(len(params) * (1 - unfrozen_fraction))
+    for p in params[:n_frozen]:
+        p.requires_grad_(False)
+    return len(params) - n_frozen
+
+
+def _stack(column: Any) -> np.ndarray:
+    """A batch column as one float32 array (ragged-typed columns arrive as arrays of arrays)."""
+    a = np.asarray(column)
+    if a.dtype == object:
+        a = np.stack(list(a))
+    return a.astype(np.float32, copy=False)
+
+
+def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[dict[str, Any]],
+                    device: torch.device, cfg: JointTraining, keep_zero: float,
+                    generator: torch.Generator) -> dict[str, float]:
+    """One pass with zero-damage crops under-sampled; returns the mean MSE per crop and the crop count."""
+    model.train()
+    total, count = 0.0, 0
+    for batch in batches:
+        crops, targets = _stack(batch["crop"]), _stack(batch["targets"])
+        damaged = np.asarray(batch["damaged"], dtype=bool)
+        keep = damaged | (torch.rand(len(damaged), generator=generator).numpy() < keep_zero)
+        if keep.sum() < 2:  # BatchNorm needs two samples; keep the batch's first two instead
+            keep[:2] = True
+        x = augment_crops(torch.from_numpy(crops[keep]), flip=cfg.flip, generator=generator).to(device)
+        y = torch.from_numpy(targets[keep]).to(device)
+        scores, _ = model(x)
+        loss = F.mse_loss(scores, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(y)
+        count += len(y)
+    n = gather((total, count))
+    seen = sum(c for _, c in n)
+    return {"loss": sum(t for t, _ in n) / max(1, seen), "crops": float(seen)}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[dict[str, Any]], device: torch.device) -> dict[str, float]:
+    """Validation RMSE and MAE of the raw scores, and RMSE on the challenge's log2(x + 1) scale."""
+    model.eval()
+    sq, ab, sq_log, n = 0.0, 0.0, 0.0, 0
+    for batch in batches:
+        scores, _ = model(torch.from_numpy(_stack(batch["crop"])).to(device))
+        pred = scores.float().cpu().numpy()
+        gold = _stack(batch["targets"])
+        d = pred - gold
+        sq += float((d**2).sum())
+        ab += float(np.abs(d).sum())
+        sq_log += float(((np.log2(pred.clip(0) + 1) - np.log2(gold + 1)) ** 2).sum())
+        n += d.size
+    parts = gather((sq, ab, sq_log, n))
+    total = max(1, sum(p[3] for p in parts))
+    return {"val_rmse": float(np.sqrt(sum(p[0] for p in parts) / total)),
+            "val_mae": sum(p[1] for p in parts) / total,
+            "val_rmse_log2": float(np.sqrt(sum(p[2] for p in parts) / total))}
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point. ``config``: ``name``, ``group`` / ``head`` / ``training`` /
+    ``preprocessing`` (JSON dicts of their pydantic configs), ``keep_zero``, ``seed``, ``threads``,
+    ``stop_after_epochs``."""
+    group = JointGroup.model_validate(config["group"])
+    cfg = JointTraining.model_validate(config["training"])
+    torch.set_num_threads(config["threads"])
+    torch.manual_seed(config["seed"])
+    model = JointModel(group.backbone, group.n_outputs, group.crop_size,
+                       JointHeadConfig.model_validate(config["head"]),
+                       preprocessing=Preprocessing.model_validate(config["preprocessing"]))
+    freeze_backbone(model, cfg.unfrozen_fraction)
+    model = ray.train.torch.prepare_model(model)
+    device = ray.train.torch.get_device()
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    plateau = Plateau("min", cfg.lr_factor, cfg.lr_patience, cfg.stop_patience)
+    rank = ray.train.get_context().get_world_rank()
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    keep_zero = float(config["keep_zero"]) if cfg.balance_zeros else 1.0
+
+    def fit_epoch(epoch: int) -> dict[str, float]:
+        gen = torch.Generator().manual_seed(config["seed"] * 1_000_003 + epoch * 101 + rank)
+        batches = train_shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy",
+                                           local_shuffle_buffer_size=8 * cfg.batch_size,
+                                           local_shuffle_seed=config["seed"] + epoch)
+        return train_one_epoch(model, optimizer, batches, device, cfg, keep_zero, gen)
+
+    def validate() -> dict[str, float]:
+        return evaluate(model, val_shard.iter_batches(batch_size=128, batch_format="numpy"), device)
+
+    run_epochs(config["name"], model, optimizer, plateau, epochs=cfg.epochs, max_minutes=cfg.max_minutes,
+               monitor="val_rmse", fit_epoch=fit_epoch, validate=validate,
+               stop_after_epochs=config.get("stop_after_epochs"))

@@ -1,0 +1,120 @@
+"""The epoch loop shared by the detector and joint-model workers (inside a Ray Train worker).
+
+It owns what both have in common: resuming from ``ray.train.get_checkpoint()``, the plateau rules
+(lower the learning rate, stop early), keeping the best weights, the wall-clock budget, and one
+``ray.train.report`` per epoch with a checkpoint, so an interrupted run continues at the epoch after
+the last one saved. Every rank takes the same decisions: validation metrics are gathered over all
+ranks before they are compared, and the time budget is agreed by an all-reduce.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import asdict
+from typing import Callable
+
+import ray.train
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .state import Plateau, TrainState, cpu_state, load_checkpoint, save_checkpoint
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def gather(obj: object) -> list[object]:
+    """``obj`` from every rank, in rank order (just ``[obj]`` without a process group)."""
+    if world_size() == 1:
+        return [obj]
+    out: list[object] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on any rank."""
+    if world_size() == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def is_rank_zero() -> bool:
+    return ray.train.get_context().get_world_rank() == 0
+
+
+def run_epochs(
+    name: str,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    plateau: Plateau,
+    *,
+    epochs: int,
+    max_minutes: float | None,
+    monitor: str,
+    fit_epoch: Callable[[int], dict[str, float]],
+    validate: Callable[[], dict[str, float]],
+    stop_after_epochs: int | None = None,
+) -> None:
+    """Train until ``epochs``, early stop or the time budget; report and checkpoint every epoch.
+
+    ``fit_epoch(epoch)`` trains one epoch and returns training metrics (e.g. ``loss``);
+    ``validate()`` returns validation metrics that include ``monitor``. ``stop_after_epochs``
+    ends this process after that many epochs of this session (to test resumption).
+    """
+    state, best = TrainState(), cpu_state(model)
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state, best = load_checkpoint(d, model, optimizer)
+        plateau = Plateau(**state.plateau)
+        if is_rank_zero():
+            print(f"[{name}] resuming after epoch {state.epoch} from {checkpoint.path}", flush=True)
+    spent = sum(h.get("minutes", 0.0) for h in state.history)
+    # A model stopped by its epoch cap or time budget continues when rerun with a larger one.
+    if state.stopped == "early_stop" or state.epoch >= epochs or (max_minutes is not None and spent >= max_minutes):
+        return
+    state.stopped = None
+    session_epochs = 0
+    while state.epoch < epochs:
+        start = time.monotonic()
+        metrics = fit_epoch(state.epoch)
+        metrics.update(validate())
+        lr = optimizer.param_groups[0]["lr"]
+        improved, lower, stop = plateau.step(metrics[monitor])
+        if improved:
+            best, state.best_epoch = cpu_state(model), state.epoch + 1
+        if lower:
+            for group in optimizer.param_groups:
+                group["lr"] *= plateau.lr_factor
+        state.epoch += 1
+        minutes = (time.monotonic() - start) / 60
+        spent += minutes
+        metrics.update(epoch=state.epoch, lr=lr, minutes=minutes, workers=world_size())
+        state.history.append({k: float(v) for k, v in metrics.items()})
+        state.plateau = asdict(plateau)
+        over_budget = any_rank(max_minutes is not None and spent >= max_minutes)
+        if stop:
+            state.stopped = "early_stop"
+        elif over_budget and state.epoch < epochs:
+            state.stopped = "time_budget"
+        elif state.epoch >= epochs:
+            state.stopped = "epochs"
+        if is_rank_zero():
+            shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("epoch", "minutes", "workers"))
+            print(f"[{name}] epoch {state.epoch}/{epochs} {shown} ({minutes:.2f} min)"
+                  + (f" -> stop: {state.stopped}" if state.stopped else ""), flush=True)
+        with tempfile.TemporaryDirectory() as d:
+            if is_rank_zero():
+                save_checkpoint(d, model, best, optimizer, state)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+            else:
+                ray.train.report(metrics)
+        session_epochs += 1
+        if state.stopped or (stop_after_epochs is not None and session_epochs >= stop_after_epochs):
+            return

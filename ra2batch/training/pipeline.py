@@ -1,0 +1,183 @@
+"""The training run: detectors, then joint models, then a held-out evaluation, then the bundle.
+
+Each model is its own Ray Train ``TorchTrainer`` run named ``{name}-detector-{kind}`` or
+``{name}-joint-{group}`` under ``storage_path``, checkpointed every epoch. Starting the same run
+again (same name and storage path) continues every model from its last checkpoint; finished models
+are not retrained. Data goes through Ray Data: radiographs are decoded once into materialised
+datasets that the workers stream with ``get_dataset_shard``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import ray
+import ray.data
+import ray.train
+from ray.data.expressions import col
+from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from .. import catalogue
+from ..models.bundle import ModelBundle, build_bundle
+from ..storage import is_remote, resolve
+from . import detectors as detector_worker
+from . import joints as joint_worker
+from .data import crop_dataset, detector_dataset
+from .dataset import DatasetError, DatasetIndex, index_dataset, split_patients
+from .evaluation import evaluate_bundle
+from .presets import TrainPreset
+from .state import read_best, read_state
+
+
+class TrainingError(RuntimeError):
+    """A training run that could not produce a model; the message says which and why."""
+
+
+@dataclass
+class RunSettings:
+    """Where and how the Ray Train runs execute."""
+
+    name: str
+    storage_path: str  # local directory or s3:// prefix for checkpoints
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float | None = None  # default: the cluster's CPUs shared among the workers
+    storage_options: dict[str, Any] | None = None
+    stop_after_epochs: int | None = None  # end each model's session after this many epochs (pause)
+    log: Callable[[str], None] = field(default=print)
+
+
+def _cpus_per_worker(run: RunSettings) -> float:
+    if run.cpus_per_worker is not None:
+        return run.cpus_per_worker
+    return max(1.0, math.floor(ray.cluster_resources().get("CPU", 1) / run.num_workers))
+
+
+def fit_model(loop: Callable[[dict], None], stage: str, config: dict[str, Any],
+              datasets: dict[str, ray.data.Dataset], run: RunSettings) -> tuple[dict, Any]:
+    """Run (or resume) one model's TorchTrainer; returns its best weights and final TrainState."""
+    loc = resolve(run.storage_path, run.storage_options)
+    cpus = _cpus_per_worker(run)
+    resources = {"CPU": cpus, **({"GPU": 1} if run.use_gpu else {})}
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config={**config, "name": stage, "threads": max(1, int(cpus)),
+                           "stop_after_epochs": run.stop_after_epochs},
+        scaling_config=ScalingConfig(num_workers=run.num_workers, use_gpu=run.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=f"{run.name}-{stage}",
+            storage_path=loc.path,
+            storage_filesystem=loc.fs if is_remote(run.storage_path) else None,
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+        ),
+        datasets=datasets,
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise TrainingError(f"{stage}: training ended without a checkpoint ({result.error or 'no epoch finished'})")
+    with result.checkpoint.as_directory() as d:
+        return read_best(d), read_state(d)
+
+
+def data_fingerprint(index: DatasetIndex) -> str:
+    """sha256 over training.csv and the image and annotation names (identifies the training data)."""
+    h = hashlib.sha256(index.location.read_bytes("training.csv"))
+    for r in index.images:
+        h.update(f"{r.name}:{len(r.boxes)}\n".encode())
+    return h.hexdigest()
+
+
+def _history(state: Any, monitor: str) -> dict[str, Any]:
+    best = state.history[state.best_epoch - 1] if state.best_epoch else {}
+    return {"epochs": state.epoch, "best_epoch": state.best_epoch, "stopped": state.stopped,
+            f"best_{monitor}": best.get(monitor), "history": state.history}
+
+
+def train_detectors(bundle: ModelBundle, index: DatasetIndex, train_p: list[str], val_p: list[str],
+                    preset: TrainPreset, run: RunSettings) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for kind, arch in preset.detectors.items():
+        train = [r for r in index.select(train_p) if r.kind == kind and r.boxes]
+        val = [r for r in index.select(val_p) if r.kind == kind and r.boxes]
+        if not train or not val:
+            raise DatasetError(f"{kind} detector: need annotated {kind} radiographs in both splits "
+                               f"(training {len(train)}, validation {len(val)})")
+        run.log(f"detector-{kind}: decoding {len(train)} training and {len(val)} validation radiographs")
+        datasets = {"train": detector_dataset(index, train, arch.min_size, arch.max_size).materialize(),
+                    "val": detector_dataset(index, val, arch.min_size, arch.max_size).materialize()}
+        config = {"kind": kind, "detector": arch.model_dump(mode="json"),
+                  "training": preset.detector_training.model_dump(mode="json"),
+                  "preprocessing": bundle.preprocessing.model_dump(mode="json"), "seed": preset.seed}
+        best, state = fit_model(detector_worker.train_loop_per_worker, f"detector-{kind}", config, datasets, run)
+        bundle.detectors[kind].load_state_dict(best)
+        summary[f"detector-{kind}"] = _history(state, "val_mAP")
+    return summary
+
+
+def train_joint_models(bundle: ModelBundle, index: DatasetIndex, train_p: list[str], val_p: list[str],
+                       preset: TrainPreset, run: RunSettings) -> dict[str, Any]:
+    cfg = preset.joint_training
+    source = bundle if cfg.boxes == "detected" else None
+    margin = bundle.preprocessing.crop_margin
+    run.log(f"joint models: cutting crops from {cfg.boxes} boxes")
+    crops = {"train": crop_dataset(index, index.select(train_p), bundle.plan, margin, source).materialize(),
+             "val": crop_dataset(index, index.select(val_p), bundle.plan, margin, source).materialize()}
+    summary: dict[str, Any] = {}
+    for group in bundle.plan.groups:
+        datasets = {split: ds.filter(expr=col("group") == group.name).materialize() for split, ds in crops.items()}
+        damaged = datasets["train"].select_columns(["damaged"]).to_pandas()["damaged"].astype(bool)
+        n_damaged, n_zero = int(damaged.sum()), int((~damaged).sum())
+        if n_damaged + n_zero == 0 or datasets["val"].count() == 0:
+            raise DatasetError(f"joint model {group.name}: no crops in the training or validation split")
+        keep_zero = min(1.0, n_damaged / n_zero) if n_zero and n_damaged else 1.0
+        run.log(f"joint-{group.name}: {n_damaged} damaged and {n_zero} zero-damage training crops "
+                f"(zero-damage kept with p={keep_zero:.2f} per epoch)")
+        config = {"group": group.model_dump(mode="json"), "head": preset.joint_head.model_dump(mode="json"),
+                  "training": cfg.model_dump(mode="json"),
+                  "preprocessing": bundle.preprocessing.model_dump(mode="json"),
+                  "keep_zero": keep_zero, "seed": preset.seed}
+        best, state = fit_model(joint_worker.train_loop_per_worker, f"joint-{group.name}", config, datasets, run)
+        bundle.joint_models[group.name].load_state_dict(best)
+        summary[f"joint-{group.name}"] = _history(state, "val_rmse")
+    return summary
+
+
+def train(data: str, out: str, preset: TrainPreset, run: RunSettings, *,
+          storage_options: dict[str, Any] | None = None, command: str | None = None) -> dict[str, Any]:
+    """Train every model of ``preset`` on the RA2-layout dataset ``data`` and save the bundle to ``out``.
+
+    Returns the bundle's metrics (also written to its bundle.json): the held-out evaluation
+    (SC1-3, baseline, ratios, detector mAP at IoU 0.6) and each model's training summary.
+    """
+    started = time.monotonic()
+    index = index_dataset(data, storage_options)
+    for note in index.notes:
+        run.log(f"note: {note}")
+    train_p, val_p = split_patients(index.patients(), preset.val_fraction, preset.seed)
+    run.log(f"{len(index.images)} radiographs of {len(train_p) + len(val_p)} patients: "
+            f"{len(train_p)} for training, {len(val_p)} held out")
+    bundle = build_bundle(preset.plan, dict(preset.detectors), joint_head=preset.joint_head)
+    summary = train_detectors(bundle, index, train_p, val_p, preset, run)
+    summary.update(train_joint_models(bundle, index, train_p, val_p, preset, run))
+    train_labels = index.labels.loc[train_p]
+    medians = {c: float(train_labels[c].median()) for c in catalogue.COLUMNS}
+    run.log(f"evaluating on the {len(val_p)} held-out patients")
+    held_out = evaluate_bundle(bundle, index, patients=val_p, baseline_labels=train_labels, medians=medians)
+    metrics = {"held_out": held_out, "training": summary,
+               "minutes": (time.monotonic() - started) / 60}
+    provenance = {"training_data": data_fingerprint(index), "command": command, "data": data,
+                  "preset": preset.model_dump(mode="json"), "run_name": run.name,
+                  "held_out_patients": val_p, "num_workers": run.num_workers, "use_gpu": run.use_gpu}
+    if preset.weights_dtype == "float16":
+        for module in [*bundle.detectors.values(), *bundle.joint_models.values()]:
+            module.half()
+    version = bundle.save(out, provenance=provenance, metrics=metrics, label_medians=medians,
+                          storage_options=storage_options)
+    run.log(f"bundle {version} written to {out}")
+    return metrics

@@ -1,0 +1,96 @@
+"""Training presets as pydantic configs: the models to build and how to train them.
+
+``paper`` is DeepRA as published (ResNet-50 RetinaNet at 1000/1400, EfficientNet B3/B4/B5 joint
+models at 256/300 px): for GPU clusters. ``demo`` is tiny models that train on 2 CPU cores in about a
+quarter of an hour on a synthetic cohort; the built-in demo bundle is trained with it.
+A preset is saved in the bundle's provenance so a run can be reproduced.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..models.detectors import DetectorConfig
+from ..models.joint_model import JointHeadConfig
+from ..models.plan import PLAN, ModelPlan
+
+
+class DetectorTraining(BaseModel):
+    """Detector schedule (paper: Adam 1e-3, x0.1 after 4 epochs without a better mAP, stop after 5)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    epochs: int = Field(50, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    lr_factor: float = Field(0.1, gt=0, le=1)
+    lr_patience: int = Field(4, ge=1)
+    stop_patience: int | None = Field(5, ge=1)
+    iou_threshold: float = Field(0.6, gt=0, lt=1)
+    flip: bool = True
+    max_rotation: float = Field(5.0, ge=0, le=45, description="degrees, uniform in [-r, r]")
+    max_minutes: float | None = Field(None, gt=0, description="wall-clock budget per detector")
+
+
+class JointTraining(BaseModel):
+    """Joint-model schedule (paper: MSE, Adam 1e-3, x0.2 after 5 epochs without a better RMSE)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    epochs: int = Field(200, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    lr_factor: float = Field(0.2, gt=0, le=1)
+    lr_patience: int = Field(5, ge=1)
+    stop_patience: int | None = Field(None, ge=1)
+    flip: bool = True
+    balance_zeros: bool = Field(True, description="under-sample zero-damage crops to the damaged count each epoch")
+    unfrozen_fraction: float = Field(0.7, ge=0, le=1, description="trailing share of backbone tensors trained")
+    boxes: Literal["annotated", "detected"] = Field(
+        "annotated", description="cut training crops from the annotations or from the trained detectors' boxes")
+    max_minutes: float | None = Field(None, gt=0, description="wall-clock budget per joint model")
+
+
+class TrainPreset(BaseModel):
+    """Models to build and how to train them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    plan: ModelPlan = PLAN
+    detectors: dict[Literal["hand", "foot"], DetectorConfig]
+    joint_head: JointHeadConfig = JointHeadConfig()
+    detector_training: DetectorTraining = DetectorTraining()
+    joint_training: JointTraining = JointTraining()
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="share of patients held out for validation")
+    seed: int = 0
+    weights_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="precision of the saved weights (float16 halves the bundle; loading upcasts)")
+
+
+PAPER = TrainPreset(
+    name="paper",
+    detectors={k: DetectorConfig(backbone="resnet50_fpn", min_size=1000, max_size=1400) for k in ("hand", "foot")},
+)
+
+_DEMO_DETECTOR = DetectorConfig(backbone="mobilenet_v3_fpn_narrow", min_size=256, max_size=358)
+
+DEMO = TrainPreset(
+    name="demo",
+    plan=PLAN.variant(backbones="test_efficientnet", crop_sizes=96),
+    detectors={"hand": _DEMO_DETECTOR, "foot": _DEMO_DETECTOR},
+    joint_head=JointHeadConfig(attention_widths=(64, 32, 16), dense_width=64),
+    detector_training=DetectorTraining(epochs=12, batch_size=4, max_rotation=3.0, max_minutes=4.5),
+    joint_training=JointTraining(epochs=30, lr_patience=3, unfrozen_fraction=1.0, max_minutes=1.0),
+    weights_dtype="float16",  # keeps the shipped demo bundle under 20 MB
+)
+
+PRESETS: dict[str, TrainPreset] = {p.name: p for p in (PAPER, DEMO)}
+
+
+def get_preset(name: str) -> TrainPreset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
+    return PRESETS[name]

@@ -1,0 +1,111 @@
+"""Ray Train training end to end on a tiny synthetic cohort: bundle, resumption, two workers.
+
+Tiny models, tiny images and one epoch: these check the plumbing (Ray Data shards, DDP,
+checkpoints, bundle), not accuracy; tests/test_training_demo_bundle.py checks accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import ray
+from ray.data.expressions import col
+
+from ra2batch import catalogue
+from ra2batch.models import PLAN, DetectorConfig, JointHeadConfig, JointModel, load_bundle
+from ra2batch.synth import generate_cohort
+from ra2batch.training import data, dataset, joints, pipeline
+from ra2batch.training.presets import DetectorTraining, JointTraining, TrainPreset
+
+pytestmark = pytest.mark.cluster
+
+_DETECTOR = DetectorConfig(backbone="resnet18_fpn_narrow", min_size=128, max_size=192)
+TINY = TrainPreset(
+    name="tiny",
+    plan=PLAN.variant(backbones="test_efficientnet", crop_sizes=48),
+    detectors={"hand": _DETECTOR, "foot": _DETECTOR},
+    joint_head=JointHeadConfig(attention_widths=(8,), dense_width=16),
+    detector_training=DetectorTraining(epochs=1, batch_size=4),
+    joint_training=JointTraining(epochs=1, batch_size=16),
+)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cohort")
+    generate_cohort(str(out), patients=6, seed=11, scale=0.3, preview=False)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()
+
+
+def _group_datasets(cohort: str, group_name: str) -> dict[str, ray.data.Dataset]:
+    index = dataset.index_dataset(cohort)
+    train_p, val_p = dataset.split_patients(index.patients(), 0.2, seed=0)
+    out = {}
+    for split, patients in (("train", train_p), ("val", val_p)):
+        crops = data.crop_dataset(index, index.select(patients), TINY.plan, 0.1)
+        out[split] = crops.filter(expr=col("group") == group_name).materialize()
+    return out
+
+
+def _joint_config(group_name: str, epochs: int) -> dict:
+    return {"group": TINY.plan.group(group_name).model_dump(mode="json"), "head": TINY.joint_head.model_dump(),
+            "training": JointTraining(epochs=epochs, batch_size=8).model_dump(), "preprocessing": {},
+            "keep_zero": 0.5, "seed": 0}
+
+
+@pytest.mark.slow
+def test_training_writes_a_bundle_with_held_out_metrics(cohort, local_ray, tmp_path):
+    run = pipeline.RunSettings(name="tiny", storage_path=str(tmp_path / "runs"))
+    metrics = pipeline.train(cohort, str(tmp_path / "bundle"), TINY, run, command="pytest")
+    bundle = load_bundle(str(tmp_path / "bundle"))
+    manifest = bundle.manifest
+    assert manifest.metrics["held_out"] == metrics["held_out"]
+    held = metrics["held_out"]
+    for key in ("sc1", "sc2", "sc3", "baseline_sc1", "ratio_sc3", "hand_mAP", "foot_mAP", "hand_AP_wrist"):
+        assert isinstance(held[key], float) and not math.isnan(held[key]), key
+    assert held["n_patients"] == 1 and held["n_images"] == 4
+    stages = {f"detector-{k}" for k in ("hand", "foot")} | {f"joint-{g}" for g in TINY.plan.names}
+    assert set(metrics["training"]) == stages
+    for summary in metrics["training"].values():
+        assert summary["epochs"] == 1 and summary["stopped"] == "epochs"
+        assert {"loss", "lr", "epoch"} <= set(summary["history"][0])
+    assert set(bundle.label_medians) == set(catalogue.COLUMNS)
+    assert manifest.provenance.command == "pytest" and manifest.provenance.preset["name"] == "tiny"
+    assert manifest.plan == TINY.plan and manifest.architecture.detectors["hand"] == _DETECTOR
+
+
+def test_an_interrupted_run_resumes_at_the_saved_epoch(cohort, local_ray, tmp_path):
+    group = "erosion_fingers"
+    datasets = _group_datasets(cohort, group)
+    paused = pipeline.RunSettings(name="resume", storage_path=str(tmp_path), stop_after_epochs=1)
+    _, first = pipeline.fit_model(joints.train_loop_per_worker, f"joint-{group}", _joint_config(group, 2),
+                                  datasets, paused)
+    assert first.epoch == 1 and first.stopped is None
+    again = pipeline.RunSettings(name="resume", storage_path=str(tmp_path))
+    best, second = pipeline.fit_model(joints.train_loop_per_worker, f"joint-{group}", _joint_config(group, 2),
+                                      datasets, again)
+    assert second.epoch == 2 and second.stopped == "epochs"
+    assert [h["epoch"] for h in second.history] == [1.0, 2.0]
+    assert second.history[0] == first.history[0]  # epoch 1 was restored, not trained again
+    assert best and second.best_epoch in (1, 2)
+
+
+def test_two_workers_train_with_ddp_on_a_local_cluster(cohort, local_ray, tmp_path):
+    group = "narrowing_fingers"
+    datasets = _group_datasets(cohort, group)
+    run = pipeline.RunSettings(name="ddp", storage_path=str(tmp_path), num_workers=2, cpus_per_worker=1)
+    best, state = pipeline.fit_model(joints.train_loop_per_worker, f"joint-{group}", _joint_config(group, 1),
+                                     datasets, run)
+    assert state.epoch == 1 and state.history[0]["workers"] == 2.0
+    assert state.history[0]["crops"] > 0 and not math.isnan(state.history[0]["val_rmse"])
+    g = TINY.plan.group(group)
+    assert set(best) == set(JointModel(g.backbone, g.n_outputs, g.crop_size, TINY.joint_head).state_dict())

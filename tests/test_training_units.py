@@ -1,0 +1,99 @@
+"""Fast checks of the training building blocks (no Ray, no model training)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ra2batch.training.augment import hflip_image_boxes, rotate_image_boxes
+from ra2batch.training.dataset import DatasetError, parse_name, parse_voc, split_patients
+from ra2batch.training.metrics import average_precision, iou
+from ra2batch.training.state import Plateau, load_checkpoint, save_checkpoint, TrainState, cpu_state
+
+VOC = b"""<annotation><filename>P1-LH.jpg</filename><size><width>100</width><height>80</height></size>
+<object><name>wrist</name><bndbox><xmin>10</xmin><ymin>20</ymin><xmax>50</xmax><ymax>70</ymax></bndbox></object>
+<object><name>fin_1</name><bndbox><xmin>60</xmin><ymin>5</ymin><xmax>70</xmax><ymax>40</ymax></bndbox></object>
+</annotation>"""
+
+
+def test_voc_boxes_are_read_and_checked_against_the_limb_kind():
+    boxes = parse_voc(VOC, "P1-LH.xml", "hand")
+    assert [(b.label, b.box) for b in boxes] == [("wrist", (10, 20, 50, 70)), ("fin_1", (60, 5, 70, 40))]
+    with pytest.raises(DatasetError, match="'wrist' is not a foot class"):
+        parse_voc(VOC, "P1-LF.xml", "foot")
+    with pytest.raises(DatasetError, match="empty box"):
+        parse_voc(VOC.replace(b"<xmax>50", b"<xmax>5"), "x.xml", "hand")
+
+
+def test_image_names_give_patient_and_limb():
+    assert parse_name("UAB-001-RF.jpg") == ("UAB-001", "RF")
+    with pytest.raises(DatasetError, match="not named"):
+        parse_name("UAB001_LH.jpg")
+
+
+def test_patient_split_is_seeded_disjoint_and_about_80_20():
+    patients = [f"P{i:03d}" for i in range(50)]
+    train, val = split_patients(patients, 0.2, seed=3)
+    assert len(val) == 10 and not set(train) & set(val) and set(train) | set(val) == set(patients)
+    assert split_patients(patients, 0.2, seed=3) == (train, val)
+    assert split_patients(patients, 0.2, seed=4) != (train, val)
+    assert split_patients(["A", "B"], 0.2, seed=0)[1] != []
+
+
+def test_average_precision_at_iou_06():
+    truth = [[("fin_1", (0, 0, 10, 10)), ("wrist", (20, 20, 40, 40))]]
+    perfect = [[("fin_1", (0, 0, 10, 10), 0.9), ("wrist", (20, 20, 40, 40), 0.8)]]
+    ap = average_precision(perfect, truth, ("fin_1", "wrist", "fin_2"))
+    assert ap["fin_1"] == ap["wrist"] == ap["mAP"] == 1.0 and math.isnan(ap["fin_2"])
+    # IoU 0.5 misses at threshold 0.6; a confident false positive halves precision at full recall.
+    loose = [[("fin_1", (0, 0, 10, 20), 0.9), ("wrist", (0, 0, 5, 5), 0.95), ("wrist", (20, 20, 40, 40), 0.5)]]
+    assert iou((0, 0, 10, 20), (0, 0, 10, 10)) == pytest.approx(0.5)
+    ap = average_precision(loose, truth, ("fin_1", "wrist"))
+    assert ap["fin_1"] == 0.0 and ap["wrist"] == pytest.approx(0.5) and ap["mAP"] == pytest.approx(0.25)
+
+
+def test_plateau_lowers_lr_then_stops_like_the_paper():
+    p = Plateau("max", lr_factor=0.1, lr_patience=4, stop_patience=5)
+    assert p.step(0.5) == (True, False, False)
+    events = [p.step(0.4) for _ in range(5)]
+    assert [e[1] for e in events] == [False, False, False, True, False]  # lower after 4 bad epochs
+    assert [e[2] for e in events] == [False] * 4 + [True]  # stop after 5
+    q = Plateau("min", 0.2, 2)
+    assert q.step(float("nan"))[0] is False and q.step(1.0)[0] is True and q.step(0.5)[0] is True
+
+
+def test_checkpoint_round_trip_restores_model_optimizer_and_state(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    opt.param_groups[0]["lr"] = 2e-4
+    state = TrainState(epoch=3, plateau={"mode": "max"}, best_epoch=2, history=[{"loss": 1.0}])
+    save_checkpoint(str(tmp_path), model, cpu_state(model), opt, state)
+    model2 = torch.nn.Linear(3, 2)
+    opt2 = torch.optim.Adam(model2.parameters(), lr=1e-3)
+    restored, best = load_checkpoint(str(tmp_path), model2, opt2)
+    assert restored == state and torch.equal(model2.weight, model.weight) and torch.equal(best["bias"], model.bias)
+    assert opt2.param_groups[0]["lr"] == 2e-4
+    assert torch.equal(opt2.state[model2.weight]["exp_avg"], opt.state[model.weight]["exp_avg"])
+
+
+def test_flip_and_rotation_move_boxes_with_the_image():
+    image = torch.zeros(100, 200)
+    image[20:40, 30:60] = 1.0
+    box = torch.tensor([[30.0, 20.0, 60.0, 40.0]])
+    flipped, fbox = hflip_image_boxes(image, box)
+    assert fbox.tolist() == [[140.0, 20.0, 170.0, 40.0]] and flipped[30, 140:170].min() == 1.0
+    for degrees in (-8.0, 8.0):
+        rotated, rbox = rotate_image_boxes(image, box, degrees)
+        ys, xs = torch.nonzero(rotated > 0.5, as_tuple=True)
+        x0, y0, x1, y1 = rbox[0].tolist()
+        # the bright square's centre stays the box's centre; the box stays tight (ellipse rule)
+        assert abs((x0 + x1) / 2 - (xs.min() + xs.max()).item() / 2) < 1.5
+        assert abs((y0 + y1) / 2 - (ys.min() + ys.max()).item() / 2) < 1.5
+        assert (x1 - x0) < (xs.max() - xs.min()).item() + 2 and (y1 - y0) < (ys.max() - ys.min()).item() + 2
+    assert np.isclose(float(rotated.sum()), float(image.sum()), rtol=0.05)
