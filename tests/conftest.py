@@ -40,6 +40,12 @@ def ray_token_env(directory: Path) -> dict[str, str]:
     return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
 
 
+# Ray reads its authentication settings when it is first imported, and test modules (training,
+# nightly, benchmarks) import Ray while they are collected: so the session's token is set here,
+# before any of them, and every in-process Ray of the session uses it.
+os.environ.update(ray_token_env(Path(tempfile.mkdtemp(prefix="ra2-auth-"))))
+
+
 # -- S3 ------------------------------------------------------------------------------------------
 
 
@@ -93,11 +99,8 @@ def s3_bucket(s3_endpoint) -> S3Bucket:
 
 @pytest.fixture(scope="session")
 def ray_local(tmp_path_factory):
-    """Ray started in this process (2 CPUs, token auth on), shared by the session's tests.
-
-    Ray reads its authentication settings when it is first imported, so they are set before that.
-    """
-    os.environ.update(ray_token_env(tmp_path_factory.mktemp("ray-auth")))
+    """Ray started in this process (2 CPUs, token auth on with the session's token), shared by the
+    session's tests."""
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(tmp_path_factory.mktemp("ray")),
