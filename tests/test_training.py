@@ -39,11 +39,11 @@ def cohort(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False)
+def local_ray(ray_local):
+    """The session's in-process Ray (conftest), shared with the job and nightly tests."""
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield
-    ray.shutdown()
+    ray.data.DataContext.get_current().enable_progress_bars = True
 
 
 def _group_datasets(cohort: str, group_name: str) -> dict[str, ray.data.Dataset]:

@@ -41,8 +41,9 @@ def test_demo_bundle_is_small_and_records_its_training():
 
 @pytest.mark.parametrize("score", ["sc1", "sc2", "sc3"])
 def test_demo_bundle_beats_the_random_baseline_clearly(metrics, score):
-    # Measured on this cohort: ratios about 0.78 (SC1), 0.74 (SC2), 0.83 (SC3); the issue's targets
-    # (0.30, 0.50, 0.60) are not reached by the tiny demo models. The bound keeps a clear margin.
+    # Measured: SC3's ratio on this cohort was 0.83, and 0.81 / 0.71 / 0.78 on the training run's own
+    # held-out patients; the issue's targets (0.30, 0.50, 0.60) are not reached by the tiny demo
+    # models. The bound still requires a clear margin over the baseline.
     assert metrics[f"ratio_{score}"] < 0.9, {k: v for k, v in metrics.items() if "sc" in k}
 
 
