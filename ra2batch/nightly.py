@@ -29,7 +29,7 @@ from ra2batch.catalogue import ID_COLUMN
 from ra2batch.job.assemble import assemble_patients, choose_images, fill_predictions
 from ra2batch.job.config import JobConfig
 from ra2batch.job.inputs import fs_path, list_inputs
-from ra2batch.job.pipeline import JobError, default_bundle, score_archive
+from ra2batch.job.pipeline import JobError, load_models, score_archive
 from ra2batch.job.tables import IMAGES, JOINTS, PATIENTS, replace_parquet, write_table
 from ra2batch.storage import Location, resolve
 
@@ -81,10 +81,17 @@ def _read(out: Location, name: str, schema: pa.Schema) -> pd.DataFrame:
     return pq.read_table(out.join(name), filesystem=out.fs, schema=schema).to_pandas()
 
 
+def _utc(t) -> pd.Timestamp | None:
+    if t is None:
+        return None
+    ts = pd.Timestamp(t)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
 def _mtimes(loc: Location, uris: list[str]) -> list[pd.Timestamp | None]:
+    """The store's modification time of each file (UTC), ``None`` where it gives none."""
     infos = loc.fs.get_file_info([fs_path(u) for u in uris]) if uris else []
-    return [pd.Timestamp(i.mtime).tz_convert("UTC") if i.mtime is not None and i.mtime.tzinfo
-            else (pd.Timestamp(i.mtime, tz="UTC") if i.mtime is not None else None) for i in infos]
+    return [_utc(i.mtime) for i in infos]
 
 
 def plan_run(listing: pd.DataFrame, catalogue: pd.DataFrame, model_version: str, full: bool
@@ -125,12 +132,9 @@ def nightly_rescore(
     full: bool = False,
 ) -> RunRecord:
     """Bring ``output`` up to date with ``input``: score new, changed or stale files; rebuild their patients."""
-    from ra2batch.models import load_bundle
-
     started = dt.datetime.now(dt.timezone.utc)
     run_id = started.strftime("%Y%m%dT%H%M%S%fZ")
-    models = models or default_bundle()
-    bundle = load_bundle(models, storage_options=storage_options)
+    bundle, models, _ = load_models(models, storage_options)
     in_loc, out = resolve(input, storage_options), resolve(output, storage_options)
     try:
         listing = list_inputs(input, manifest=manifest, storage_options=storage_options).files

@@ -162,7 +162,7 @@ def score_archive(
     input, bad manifest); problems with single files become error rows instead.
     """
     started = time.perf_counter()
-    bundle, models, model_options = _load_models(models, storage_options)
+    bundle, models, model_options = load_models(models, storage_options)
     try:
         listing = list_inputs(input, manifest=manifest, paths=paths, storage_options=storage_options)
     except (FileNotFoundError, ValueError) as e:
@@ -194,7 +194,7 @@ def score_archive(
     )
 
 
-def _load_models(models: str | None, storage_options: dict[str, Any] | None):
+def load_models(models: str | None, storage_options: dict[str, Any] | None):
     """``(bundle, uri, storage options for the actors)``: loaded once on the driver to fail early
     and to learn the model version and label medians; the actors load their own copies."""
     loc = resolve(models or default_bundle(), storage_options)
