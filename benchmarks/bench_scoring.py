@@ -37,7 +37,7 @@ from workloads import Spec  # noqa: E402
 #: JobConfig fields that have a command-line flag here (``--detector-batch-size`` etc.).
 NUMERIC_KNOBS = ("files_per_decode_task", "detector_actors", "detector_batch_size", "detector_gpus", "scorer_actors",
                  "scorer_batch_size", "scorer_gpus", "actor_cpus", "torch_threads")
-JOB_KNOBS = (*NUMERIC_KNOBS, "tta")
+JOB_KNOBS = (*NUMERIC_KNOBS, "tta", "fuse_models")
 GPU_TARGET = 250.0  # radiographs per second per H100, paper preset
 
 
@@ -71,6 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.add_argument(f"--{knob.replace('_', '-')}", type=kind, help=f"JobConfig.{knob}")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="JobConfig.tta: score every crop and its mirror (all runs follow it; default: the job's)")
+    p.add_argument("--fuse-models", action=argparse.BooleanOptionalAction, default=None,
+                   help="JobConfig.fuse_models: one actor pool detects and scores (default: the job's, on without GPUs)")
     args = p.parse_args(argv)
     if args.patients < 1:
         p.error("--patients must be at least 1")

@@ -12,6 +12,7 @@ process in the same clock, can be cut out of them afterwards.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import threading
@@ -46,6 +47,34 @@ def process_tree(root: int) -> list[int]:
         tree.append(pid)
         todo += children.get(pid, [])
     return tree
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU seconds used so far by the live processes of ``root``'s tree."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in process_tree(root):
+        try:
+            stat = (PROC / str(pid) / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
+def wait_until_idle(root: int, busy_below: float = 0.1, quiet_for: float = 1.0, timeout: float = 60.0) -> float:
+    """Block until ``root``'s process tree has used under ``busy_below`` cores for ``quiet_for`` seconds
+    (a Ray cluster whose prestarted workers have finished starting); returns the seconds waited."""
+    start = last = quiet_since = time.perf_counter()
+    used = tree_cpu_seconds(root)
+    while last - start < timeout and last - quiet_since < quiet_for:
+        time.sleep(0.25)
+        now, was, used = time.perf_counter(), used, tree_cpu_seconds(root)
+        if (used - was) / (now - last) >= busy_below:
+            quiet_since = now
+        last = now
+    return time.perf_counter() - start
 
 
 def _kib(text: str, key: str) -> int | None:

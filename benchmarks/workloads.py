@@ -11,15 +11,16 @@ written to ``RESULT`` as JSON.
 - ``bound``: the ideal serial cost: each stage over all files in isolation, models batched as the
   job batches them (detector: images of one limb kind and size; joint models: crops of one group);
   wall = decode + detect + crop + score.
-- ``job``: ``ra2batch.job.pipeline.score_archive`` on a Ray cluster started here; ``ray.init`` is
-  timed apart (``startup_s``), while the job's own start-up (driver bundle load, actors starting and
-  loading their models) is part of its wall time, as it is for every real run.
+- ``job``: ``ra2batch.job.pipeline.score_archive`` on a Ray cluster started here; the cluster's
+  start-up, until it goes quiet, is timed apart (``startup_s``), while the job's own start-up (driver reading the bundle, actors starting
+  and loading their models) is part of its wall time, as it is for every real run.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 import shutil
 import sys
@@ -174,6 +175,7 @@ def run_job(spec: Spec) -> dict[str, Any]:
     """The Ray Data job on a local cluster of ``spec.cpus`` CPUs started (and timed) here."""
     import ray
 
+    from monitors import wait_until_idle
     from ra2batch.job.config import JobConfig
     from ra2batch.job.pipeline import score_archive
 
@@ -181,6 +183,7 @@ def run_job(spec: Spec) -> dict[str, Any]:
     try:
         t = time.perf_counter()
         ray.init(num_cpus=spec.cpus, include_dashboard=False, _temp_dir=str(scratch / "ray"), log_to_driver=False)
+        wait_until_idle(os.getpid())  # start-up ends when the new cluster has gone quiet, as a running one is
         startup_s = time.perf_counter() - t
         ray.data.DataContext.get_current().enable_progress_bars = False
         config = JobConfig(**spec.job_config)

@@ -81,10 +81,18 @@ def test_explicit_paths_restrict_the_job_and_report_missing_ones(tmp_path):
 
 
 def test_config_is_sized_to_the_cluster_and_flags_override_files(tmp_path):
-    cpu = JobConfig().resolved({"CPU": 2.0})
-    assert (cpu.detector_actors, cpu.scorer_actors, cpu.detector_gpus, cpu.actor_cpus) == (1, 1, 0.0, 0.5)
+    # Without GPUs: one fused single-threaded model actor per core left beside the decode tasks,
+    # and the reservations never exceed the cluster (decode always finds room).
+    for cpus, actors in ((1, 1), (2, 2), (4, 3), (16, 12)):
+        cpu = JobConfig().resolved({"CPU": float(cpus)})
+        assert (cpu.fuse_models, cpu.detector_actors, cpu.torch_threads, cpu.detector_gpus) == (True, actors, 1, 0.0)
+        assert cpu.detector_actors * cpu.actor_cpus + cpu.decode_cpus <= cpus
+    split = JobConfig(fuse_models=False).resolved({"CPU": 2.0})
+    assert (split.detector_actors, split.scorer_actors) == (1, 1)
+    assert 2 * split.actor_cpus + split.decode_cpus <= 2
     gpu = JobConfig().resolved({"CPU": 32.0, "GPU": 4.0})
-    assert (gpu.detector_actors, gpu.scorer_actors, gpu.detector_gpus, gpu.scorer_gpus) == (4, 4, 0.5, 0.5)
+    assert (gpu.fuse_models, gpu.detector_actors, gpu.scorer_actors, gpu.detector_gpus, gpu.scorer_gpus) == (
+        False, 4, 4, 0.5, 0.5)
     (tmp_path / "c.yaml").write_text("detector_gpus: 0.25\nscorer_batch_size: 16\n")
     cfg = JobConfig.load(tmp_path / "c.yaml").merged({"scorer_batch_size": 8, "detector_actors": None})
     assert (cfg.detector_gpus, cfg.scorer_batch_size) == (0.25, 8)

@@ -22,10 +22,16 @@ class JobConfig(BaseModel):
     files_per_decode_task: int = Field(8, ge=1, description="files read and decoded by one CPU task")
     decode_cpus: float | None = Field(None, gt=0, description="CPUs reserved by each decode task")
     decode_memory_mb: int = Field(512, ge=1, description="memory reserved by each decode task (MiB)")
-    detector_actors: int | None = Field(None, ge=1, description="detector actor pool size")
+    fuse_models: bool | None = Field(
+        None, description="one actor pool that detects, cuts crops and scores them (default without GPUs: one "
+        "torch import and one model copy per actor instead of two, no crops through the object store); "
+        "false: separate detector and joint-model pools (default with GPUs)")
+    detector_actors: int | None = Field(None, ge=1, description="detector actor pool size (the fused pool's, "
+                                        "when fuse_models)")
     detector_batch_size: int = Field(4, ge=1, description="radiographs per detector call")
     detector_gpus: float | None = Field(None, ge=0, description="GPUs per detector actor; fractions allowed")
-    scorer_actors: int | None = Field(None, ge=1, description="joint-model actor pool size")
+    scorer_actors: int | None = Field(None, ge=1, description="joint-model actor pool size (unused when "
+                                      "fuse_models)")
     scorer_batch_size: int = Field(64, ge=1, description="crops per joint-model call")
     scorer_gpus: float | None = Field(None, ge=0, description="GPUs per joint-model actor; fractions allowed")
     actor_cpus: float | None = Field(None, gt=0, description="CPUs reserved by each model actor")
@@ -60,24 +66,33 @@ class JobConfig(BaseModel):
     def resolved(self, resources: Mapping[str, float]) -> JobConfig:
         """Every ``None`` filled for a cluster with ``resources`` (``ray.cluster_resources()``).
 
-        With GPUs, each GPU hosts one detector and one joint-model actor (half a GPU each). On CPUs the
-        detector dominates the cost, so it gets the larger pool, and on a small machine actors reserve
-        half a CPU so that decode tasks always find room beside them (no stage can starve another).
+        With GPUs, each GPU hosts one detector and one joint-model actor (half a GPU each). Without,
+        the model stages are fused and the pool gets one single-threaded actor per CPU left after a
+        fifth of the cluster (at least half a CPU) is kept for decode tasks, so that decoding always
+        finds room beside the models (no stage can starve another).
         """
         cpus = float(resources.get("CPU", 1.0))
         gpus = float(resources.get("GPU", 0.0))
         small = cpus < 4
-        actor_cpus = self.actor_cpus if self.actor_cpus is not None else (0.5 if small else 1.0)
+        decode_cpus = self.decode_cpus if self.decode_cpus is not None else (0.5 if small else 1.0)
+        fuse = self.fuse_models if self.fuse_models is not None else gpus == 0
         if gpus >= 1:
             det_n, sco_n, det_g, sco_g = int(gpus), int(gpus), 0.5, 0.5
         elif gpus > 0:
             det_n, sco_n, det_g, sco_g = 1, 1, gpus / 2, gpus / 2
         else:
-            det_n = max(1, int(cpus * 0.5 // actor_cpus)) if not small else 1
-            sco_n = max(1, det_n // 4)
             det_g = sco_g = 0.0
+        free = max(cpus - max(decode_cpus, 0.2 * cpus), 0.25)  # CPUs for the model actors
+        per_actor = self.actor_cpus or (0.75 if small else 1.0)
+        if gpus == 0:
+            pools = 1 if fuse else 2
+            det_n = max(1, int(free / pools // per_actor))
+            sco_n = max(1, det_n // 4) if not fuse else 1
+        n_actors = (self.detector_actors or det_n) + (0 if fuse else self.scorer_actors or sco_n)
+        actor_cpus = self.actor_cpus or min(per_actor, free / n_actors)
         return self.model_copy(update={
-            "decode_cpus": self.decode_cpus if self.decode_cpus is not None else (0.5 if small else 1.0),
+            "decode_cpus": decode_cpus,
+            "fuse_models": fuse,
             "actor_cpus": actor_cpus,
             "detector_actors": self.detector_actors or det_n,
             "scorer_actors": self.scorer_actors or sco_n,

@@ -32,7 +32,7 @@ from ra2batch.job.assemble import assemble_patients, choose_images, fill_predict
 from ra2batch.job.config import JobConfig
 from ra2batch.job.inputs import list_inputs
 from ra2batch.job.decode import decode_files
-from ra2batch.job.predictors import Detector, JointScorer
+from ra2batch.job.predictors import DetectAndScore, Detector, JointScorer, ModelSource
 from ra2batch.job.tables import IMAGES, JOINTS, STREAM, write_table
 from ra2batch.models import BundleError, load_bundle
 from ra2batch.storage import resolve
@@ -119,21 +119,30 @@ def build_dataset(files: pd.DataFrame, fs: Any, models: str, model_options: dict
             **({"num_gpus": gpus} if gpus else {}),
         }
 
-    def model_args(gpus: float | None) -> dict[str, Any]:
-        return {"models": models, "storage_options": model_options, "torch_threads": cfg.torch_threads,
-                "use_gpu": bool(gpus)}
+    def source(gpus: float | None) -> ModelSource:
+        return ModelSource(models, model_options, cfg.torch_threads or 1, bool(gpus))
 
-    return (
+    scoring = {"tta": cfg.tta, "review_threshold": cfg.review_threshold}
+    decoded = (
         ray.data.from_pandas(_blocks(files, cfg.files_per_decode_task))
-        # Decode's own memory reservation also keeps Ray Data from fusing it into the detector actors.
+        # Decode's own memory reservation also keeps Ray Data from fusing it into the model actors.
         .map_batches(decode_files, batch_format="pandas", batch_size=None, fn_kwargs={"fs": fs},
                      num_cpus=cfg.decode_cpus, memory=cfg.decode_memory_mb * 2**20)
+    )
+    if cfg.fuse_models:
+        return decoded.map_batches(
+            DetectAndScore, batch_format="pyarrow", batch_size=cfg.detector_batch_size,
+            fn_constructor_kwargs={"source": source(cfg.detector_gpus), "detector_batch_size": cfg.detector_batch_size,
+                                   "scorer_batch_size": cfg.scorer_batch_size, **scoring},
+            **actors(cfg.detector_actors, cfg.detector_gpus))
+    return (
+        decoded
         .map_batches(Detector, batch_format="pyarrow", batch_size=cfg.detector_batch_size,
-                     fn_constructor_kwargs=model_args(cfg.detector_gpus),
+                     fn_constructor_kwargs={"source": source(cfg.detector_gpus), "batch_size": cfg.detector_batch_size},
                      **actors(cfg.detector_actors, cfg.detector_gpus))
         .map_batches(JointScorer, batch_format="pyarrow", batch_size=cfg.scorer_batch_size,
-                     fn_constructor_kwargs={**model_args(cfg.scorer_gpus), "tta": cfg.tta,
-                                            "review_threshold": cfg.review_threshold},
+                     fn_constructor_kwargs={"source": source(cfg.scorer_gpus), "batch_size": cfg.scorer_batch_size,
+                                            **scoring},
                      **actors(cfg.scorer_actors, cfg.scorer_gpus))
     )
 
@@ -195,12 +204,13 @@ def score_archive(
 
 
 def load_models(models: str | None, storage_options: dict[str, Any] | None):
-    """``(bundle, uri, storage options for the actors)``: loaded once on the driver to fail early
-    and to learn the model version and label medians; the actors load their own copies."""
+    """``(bundle, uri, storage options for the actors)``: verified once on the driver to fail early
+    and to learn the model version and label medians (no model is built here: the actors load their
+    own)."""
     loc = resolve(models or default_bundle(), storage_options)
     uri, options = loc.uri_of(), loc.options or None
     try:
-        bundle = load_bundle(uri, storage_options=options)
+        bundle = load_bundle(uri, storage_options=options, parts=())
     except BundleError as e:
         raise JobError(str(e)) from e
     missing = [c for c in COLUMNS if c not in bundle.label_medians]

@@ -1,14 +1,15 @@
 """Model stages (actors): the detector finds crops, the joint models score them.
 
-Each actor loads the bundle once and maps an Arrow table of ``tables.STREAM`` rows to another,
-carrying the file identity through. Both are pure functions of their input rows, so Ray may replay
-a restarted actor's call without changing or duplicating any output. A radiograph the detector
-cannot take becomes that file's error row; it never stops the job.
+Each actor loads the models it needs once and maps an Arrow table of ``tables.STREAM`` rows to
+another, carrying the file identity through. All are pure functions of their input rows, so Ray may
+replay a restarted actor's call without changing or duplicating any output. A radiograph the
+detector cannot take becomes that file's error row; it never stops the job.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Collection
 
 import numpy as np
 import pyarrow as pa
@@ -17,13 +18,23 @@ import torch
 
 from ra2batch import catalogue
 from ra2batch.job.tables import IDENTITY, STREAM
-from ra2batch.models import load_bundle
+from ra2batch.models import ModelBundle, load_bundle
 
 
-def _load(models: str, storage_options: dict[str, Any] | None, torch_threads: int, use_gpu: bool):
-    torch.set_num_threads(torch_threads)
-    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-    return load_bundle(models, storage_options=storage_options).to(device)
+@dataclass(frozen=True)
+class ModelSource:
+    """Where an actor gets its models and how it runs them (pickled to every actor)."""
+
+    models: str
+    storage_options: dict[str, Any] | None = None
+    torch_threads: int = 1
+    use_gpu: bool = False
+
+    def load(self, parts: Collection[str]) -> ModelBundle:
+        """The bundle's ``parts`` only, on the GPU when asked for and present."""
+        torch.set_num_threads(self.torch_threads)
+        device = "cuda" if self.use_gpu and torch.cuda.is_available() else "cpu"
+        return load_bundle(self.models, storage_options=self.storage_options, parts=parts).to(device)
 
 
 class Detector:
@@ -35,8 +46,9 @@ class Detector:
     its images to a common size, which would make a radiograph's boxes depend on its batch mates.
     """
 
-    def __init__(self, models: str, storage_options: dict[str, Any] | None, torch_threads: int, use_gpu: bool):
-        self.bundle = _load(models, storage_options, torch_threads, use_gpu)
+    def __init__(self, source: ModelSource | ModelBundle, batch_size: int = 4):
+        self.bundle = source if isinstance(source, ModelBundle) else source.load(["detectors"])
+        self.batch_size = batch_size
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         meta = batch.drop_columns(["pixels"]).to_pylist()
@@ -65,7 +77,7 @@ class Detector:
         that fails alone (e.g. one too thin to resize) gets an error message instead of stopping the job."""
         with torch.inference_mode():
             try:
-                return self.bundle.detect(images, kind)
+                return self.bundle.detect(images, kind, batch_size=self.batch_size)
             except Exception as e:  # narrowed to the failing image below; never the job's failure
                 if len(images) > 1:
                     return [self._detect([image], kind)[0] for image in images]
@@ -95,15 +107,15 @@ class JointScorer:
     ``joint`` record per model output (score clipped to the column's range, attention map attached).
     Other records pass through unchanged."""
 
-    def __init__(self, models: str, storage_options: dict[str, Any] | None, torch_threads: int, use_gpu: bool,
-                 tta: bool = True, review_threshold: float = 0.5):
-        self.bundle = _load(models, storage_options, torch_threads, use_gpu)
-        self.tta, self.review_threshold = tta, review_threshold
+    def __init__(self, source: ModelSource | ModelBundle, batch_size: int = 64, tta: bool = True,
+                 review_threshold: float = 0.5):
+        self.bundle = source if isinstance(source, ModelBundle) else source.load(["joint_models"])
+        self.batch_size, self.tta, self.review_threshold = batch_size, tta, review_threshold
 
     def _score(self, name: str, stack: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self.tta:
-            return self.bundle.score_tta(name, stack)
-        scores, attention = self.bundle.score(name, stack)
+            return self.bundle.score_tta(name, stack, batch_size=self.batch_size)
+        scores, attention = self.bundle.score(name, stack, batch_size=self.batch_size)
         return scores, attention, np.full_like(scores, np.nan)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -133,3 +145,23 @@ class JointScorer:
                                      "attention_w": int(att.shape[1]), "uncertainty": float(u),
                                      "review": bool(u > self.review_threshold)})
         return pa.concat_tables([passed, pa.Table.from_pylist(rows, schema=STREAM)])
+
+
+class DetectAndScore:
+    """Both model stages in one actor: detect, cut the crops, score them; emits what
+    ``JointScorer(Detector(batch))`` would.
+
+    For CPU-only clusters, where one process per core is the most a pool can use: each actor pays
+    the torch import and the model load once instead of twice, holds one copy of the models, and
+    crops never travel through the object store. With GPUs the stages stay separate, so each model
+    gets its own share of the GPU and its own batch size.
+    """
+
+    def __init__(self, source: ModelSource, detector_batch_size: int = 4, scorer_batch_size: int = 64,
+                 tta: bool = True, review_threshold: float = 0.5):
+        bundle = source.load(["detectors", "joint_models"])
+        self.detector = Detector(bundle, detector_batch_size)
+        self.scorer = JointScorer(bundle, scorer_batch_size, tta, review_threshold)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.scorer(self.detector(batch))

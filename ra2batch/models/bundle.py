@@ -19,7 +19,8 @@ import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from itertools import chain
+from typing import Any, Collection, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -39,6 +40,8 @@ from ra2batch.models.preprocessing import Preprocessing
 from ra2batch.storage import Location, resolve
 
 MANIFEST_NAME = "bundle.json"
+#: What a bundle holds; ``load_bundle(..., parts=...)`` builds a subset.
+PARTS = ("detectors", "joint_models")
 
 
 class BundleError(ValueError):
@@ -92,19 +95,27 @@ class ModelBundle:
         self.device = torch.device("cpu")
 
     @classmethod
-    def from_manifest(cls, manifest: Manifest, pretrained: Mapping[str, str] | None = None) -> ModelBundle:
-        """Untrained models for ``manifest``; ``pretrained`` maps a kind or group name to a backbone file."""
+    def from_manifest(cls, manifest: Manifest, pretrained: Mapping[str, str] | None = None, *,
+                      parts: Collection[str] = PARTS) -> ModelBundle:
+        """Untrained models for ``manifest``; ``pretrained`` maps a kind or group name to a backbone file.
+
+        ``parts`` picks what to build (``"detectors"``, ``"joint_models"``): a scoring actor that
+        only detects need not hold the joint models.
+        """
+        unknown = sorted(set(parts) - set(PARTS))
+        if unknown:
+            raise ValueError(f"unknown bundle part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
         pretrained = dict(pretrained or {})
         arch, prep = manifest.architecture, manifest.preprocessing
         detectors: dict[str, nn.Module] = {
             kind: detector_from_config(cfg, len(catalogue.detector_classes(kind)), preprocessing=prep,
                                        pretrained_file=pretrained.pop(kind, None))
-            for kind, cfg in arch.detectors.items()
+            for kind, cfg in arch.detectors.items() if "detectors" in parts
         }
         joints: dict[str, nn.Module] = {
             g.name: JointModel(g.backbone, g.n_outputs, g.crop_size, arch.joint_head, preprocessing=prep,
                                pretrained_file=pretrained.pop(g.name, None))
-            for g in manifest.plan.groups
+            for g in manifest.plan.groups if "joint_models" in parts
         }
         if pretrained:
             raise ValueError(f"pretrained weights given for unknown model(s): {', '.join(sorted(pretrained))}")
@@ -360,6 +371,8 @@ def _read_weights(loc: Location, uri: str, manifest: Manifest, expected: Sequenc
 
 
 def _load_into(module: nn.Module, data: bytes, name: str, uri: str) -> None:
+    """Give ``module`` (built on the meta device: shapes only) the weights in ``data``, upcast to the
+    architecture's dtypes (a float16 bundle runs in float32)."""
     try:
         state = load_safetensors(data)
     except SafetensorError as e:
@@ -374,15 +387,28 @@ def _load_into(module: nn.Module, data: bytes, name: str, uri: str) -> None:
     extra = sorted(set(state) - set(want))
     if extra:
         raise BundleError(f"{uri}: {name} has {len(extra)} weights the architecture does not use (first: {extra[0]})")
-    module.load_state_dict(state)
+    module.load_state_dict({k: v.to(want[k].dtype) for k, v in state.items()}, assign=True)
+    unset = [n for n, t in chain(module.named_parameters(), module.named_buffers()) if t.is_meta]
+    if unset:  # a tensor outside the state dict: the architecture, not the file, is at fault
+        raise BundleError(f"{uri}: {name}: the architecture has {len(unset)} tensor(s) no weight file sets "
+                          f"(first: {unset[0]})")
 
 
-def load_bundle(uri: str, storage_options: dict[str, Any] | None = None) -> ModelBundle:
-    """Load and verify a bundle from a directory or ``s3://`` prefix (weights on the CPU)."""
+def load_bundle(uri: str, storage_options: dict[str, Any] | None = None, *,
+                parts: Collection[str] = PARTS) -> ModelBundle:
+    """Load and verify a bundle from a directory or ``s3://`` prefix (weights on the CPU).
+
+    Every file is checked against bundle.json and hashed into ``model_version``, but only the
+    models in ``parts`` are built (``parts=()`` reads the manifest and version alone). Models are
+    built on the meta device and take their weights by assignment, so no time goes on a random
+    initialisation that the weights would overwrite.
+    """
     loc = resolve(uri, storage_options)
     raw, manifest = _read_manifest(loc, uri)
-    bundle = ModelBundle.from_manifest(manifest)
-    expected = [detector_file(k) for k in bundle.detectors] + [joint_file(g) for g in bundle.joint_models]
+    with torch.device("meta"):
+        bundle = ModelBundle.from_manifest(manifest, parts=parts)
+    expected = ([detector_file(k) for k in manifest.architecture.detectors]
+                + [joint_file(g.name) for g in manifest.plan.groups])
     files = _read_weights(loc, uri, manifest, expected)
     for kind, module in bundle.detectors.items():
         _load_into(module, files[detector_file(kind)], detector_file(kind), uri)

@@ -17,7 +17,6 @@ from torch import nn
 from ra2batch.models.preprocessing import Preprocessing
 
 
-
 class JointHeadConfig(BaseModel):
     """Widths of the attention head; the defaults are the paper's."""
 
@@ -99,8 +98,9 @@ class JointModel(nn.Module):
         self.backbone = timm.create_model(backbone, pretrained=bool(pretrained_file), num_classes=0,
                                           global_pool="", pretrained_cfg_overlay=overlay)
         prep = preprocessing or Preprocessing()
-        self.register_buffer("mean", torch.tensor(prep.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(prep.std).view(1, 3, 1, 1), persistent=False)
+        # Plain floats, not buffers: a model built on the meta device and then given its weights
+        # (``load_bundle``) has nothing left to initialise.
+        self.norm_mean, self.norm_std = tuple(prep.mean), tuple(prep.std)
         channels, h, w = self._feature_shape(crop_size)
         self.head = AttentionHead(channels, n_outputs, (h, w), head or JointHeadConfig())
 
@@ -124,5 +124,7 @@ class JointModel(nn.Module):
         x = crops[:, None] if crops.ndim == 3 else crops
         if x.ndim != 4 or x.shape[1] != 1 or x.shape[-2:] != (self.crop_size, self.crop_size):
             raise ValueError(f"expected grey crops [N, {self.crop_size}, {self.crop_size}], got {tuple(crops.shape)}")
-        x = (x.expand(-1, 3, -1, -1) - self.mean) / self.std
+        mean = x.new_tensor(self.norm_mean).view(1, 3, 1, 1)
+        std = x.new_tensor(self.norm_std).view(1, 3, 1, 1)
+        x = (x.expand(-1, 3, -1, -1) - mean) / std
         return self.head(self.backbone.forward_features(x))
