@@ -147,6 +147,13 @@ def targets(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     }
 
 
+def steady_throughput(run: dict[str, Any]) -> float | None:
+    """Radiographs per second once the model actors are up (their first task onwards): the job's rate
+    without its fixed start-up, which says whether the cost per radiograph grows with the archive."""
+    up = run.get("models_up_s")
+    return run["radiographs"] / (run["wall_s"] - up) if up is not None and run["wall_s"] > up else None
+
+
 def _gpu_target(job: dict[str, Any]) -> dict[str, Any] | None:
     if not job["gpus"]:
         return None
@@ -202,6 +209,9 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "gpu_utilisation": job["gpu_utilisation"],
         "gpu_target": _gpu_target(job),
         "startup_s": {"job": job["startup_s"], "job_4n": runs["job_4n"]["startup_s"]},
+        "steady_throughput": ({"job": steady, "job_4n": steady_4n}
+                              if (steady := steady_throughput(job)) and (steady_4n := steady_throughput(runs["job_4n"]))
+                              else None),
     }
 
 

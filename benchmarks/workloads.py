@@ -194,11 +194,15 @@ def run_job(spec: Spec) -> dict[str, Any]:
         resources = ray.cluster_resources()
         resolved = config.resolved(resources).model_dump()
         ray.shutdown()
-        operators = _ray_data_stats(scratch / "ray")
+        operators, plan_at = _ray_data_stats(scratch / "ray")
     finally:
         ray.shutdown()
         shutil.rmtree(scratch, ignore_errors=True)
+    model_ops = [s["first_task_after_s"] for op, s in operators.items()
+                 if "first_task_after_s" in s and not op.startswith("MapBatches(decode")]
+    models_up_s = plan_at + min(model_ops) - start if model_ops and plan_at else None
     return {"wall_s": end - start, "phase": [start, end], "startup_s": startup_s, "operators": operators,
+            "models_up_s": models_up_s,
             "radiographs": summary.files, "images_ok": summary.images_ok, "images_error": summary.images_error,
             "joints": summary.joints, "patients": summary.patients, "model_version": summary.model_version,
             "cluster": summary.cluster, "config": resolved, "gpus": resources.get("GPU", 0.0),
@@ -216,10 +220,11 @@ def _stamp(text: str) -> float:
     return dt.datetime.strptime(text, "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
-def _ray_data_stats(ray_dir: Path) -> dict[str, dict[str, float]]:
+def _ray_data_stats(ray_dir: Path) -> tuple[dict[str, dict[str, float]], float | None]:
     """Per Ray Data operator: UDF and task seconds, tasks, rows out, and ``first_task_after_s``, the
     delay from the start of execution to its first task (worker and actor start-up), read from Ray
-    Data's debug log. Best effort: empty if the log's format changes."""
+    Data's debug log; and when execution started (``time.time()`` scale). Best effort: empty and
+    ``None`` if the log's format changes."""
     logs = sorted(ray_dir.glob("session_*/logs/ray-data/ray-data.log"))
     text = "\n".join(p.read_text(errors="replace") for p in logs)
     stats: dict[str, dict[str, float]] = {}
@@ -230,7 +235,7 @@ def _ray_data_stats(ray_dir: Path) -> dict[str, dict[str, float]]:
     for m in _FIRST_TASK.finditer(text):
         if plan and m["op"] in stats:
             stats[m["op"]]["first_task_after_s"] = _stamp(m["ts"]) - _stamp(plan["ts"])
-    return stats
+    return stats, _stamp(plan["ts"]) if plan else None
 
 
 RUNS = {"naive": run_naive, "bound": run_bound, "job": run_job}

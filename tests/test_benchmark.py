@@ -39,6 +39,9 @@ def test_benchmark_reports_every_figure(tmp_path, tiny_bundle):
     assert runs["naive"]["joints"] == runs["bound"]["joints"] == runs["job"]["joints"] > 0
     assert runs["job"]["peak_memory_processes"] > 1  # Ray's processes are counted, not only the driver
     assert all(_positive(result["startup_s"][k]) for k in ("job", "job_4n"))
+    # the job's own start-up (until its first model task) and its rate from then on
+    assert all(0 < runs[k]["models_up_s"] < runs[k]["wall_s"] for k in ("job", "job_4n"))
+    assert all(_positive(result["steady_throughput"][k]) for k in ("job", "job_4n"))
     assert set(result["ratios"]) == set(result["targets"]) and len(result["ratios"]) == 4
     assert all(_positive(v) for v in result["ratios"].values())
     assert result["gpu_utilisation"] == "n/a (no GPU)" or "mean" in result["gpu_utilisation"]
