@@ -100,3 +100,17 @@ def test_config_is_sized_to_the_cluster_and_flags_override_files(tmp_path):
     (tmp_path / "bad.json").write_text('{"detector_pool": 3}')
     with pytest.raises(ValueError, match="detector_pool"):
         JobConfig.load(tmp_path / "bad.json")
+
+
+def test_boolean_job_flags_switch_both_ways():
+    import argparse
+
+    from ra2batch.job.cli import add_arguments
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    assert p.parse_args(["--no-tta", "--fuse-models"]).tta is False
+    assert p.parse_args(["--no-fuse-models"]).fuse_models is False
+    assert p.parse_args([]).tta is None  # unset: the config file's or the default
+    with pytest.raises(SystemExit):
+        p.parse_args(["--tta", "false"])  # no silent "true"

@@ -38,8 +38,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="JobConfig as .json or .yaml (pool sizes, batch sizes, GPUs)")
     g = p.add_argument_group("job settings (override --config; unset ones are sized to the cluster)")
     for name, f in JobConfig.model_fields.items():
-        g.add_argument(f"--{name.replace('_', '-')}", dest=name, type=_flag_type(f.annotation), default=None,
-                       metavar="N", help=f.description)
+        flag, kind = f"--{name.replace('_', '-')}", _flag_type(f.annotation)
+        if kind is bool:  # --tta / --no-tta: "--tta false" would be true to argparse's bool()
+            g.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=f.description)
+        else:
+            g.add_argument(flag, dest=name, type=kind, default=None, metavar="N", help=f.description)
 
 
 def _demo_archive() -> Path:
