@@ -42,8 +42,8 @@ class Detector:
     and cuts the crops each joint model needs. Emits one ``image`` record per input row and one
     ``crop`` record per (detected class, joint group).
 
-    Radiographs are batched only with others of the same limb kind and pixel size: a batch pads
-    its images to a common size, which would make a radiograph's boxes depend on its batch mates.
+    Radiographs are batched with others of the same limb kind; ``ModelBundle.detect`` keeps a
+    radiograph's boxes independent of its batch mates.
     """
 
     def __init__(self, source: ModelSource | ModelBundle, batch_size: int = 4):
@@ -55,11 +55,11 @@ class Detector:
         pixels = batch.column("pixels")
         images = {i: np.frombuffer(pixels[i].as_buffer(), dtype=np.float32).reshape(m["height"], m["width"])
                   for i, m in enumerate(meta) if m["status"] == "ok"}
-        alike: dict[tuple[str, int, int], list[int]] = {}
-        for i, image in images.items():
-            alike.setdefault((catalogue.limb_kind(meta[i]["limb"]), *image.shape), []).append(i)
+        by_kind: dict[str, list[int]] = {}
+        for i in images:
+            by_kind.setdefault(catalogue.limb_kind(meta[i]["limb"]), []).append(i)
         found: dict[int, dict[str, Any] | str] = {}
-        for (kind, _, _), idx in sorted(alike.items()):
+        for kind, idx in sorted(by_kind.items()):
             found.update(zip(idx, self._detect([images[i] for i in idx], kind)))
         rows: list[dict[str, Any]] = []
         for i, m in enumerate(meta):

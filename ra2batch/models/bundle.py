@@ -203,7 +203,8 @@ class ModelBundle:
         """Best box per class per image: ``images`` are float32 ``H x W`` in [0, 1].
 
         Returns one ``{class: Detection}`` per image, boxes in that image's pixels; classes with no box
-        scoring at least the detector's ``min_score`` are absent.
+        scoring at least the detector's ``min_score`` are absent. Any ``batch_size`` gives the same
+        boxes (up to float rounding).
         """
         if kind not in self.detectors:
             raise ValueError(f"no {kind!r} detector in this bundle; it has {', '.join(self.detectors)}")
@@ -211,12 +212,18 @@ class ModelBundle:
         classes = catalogue.detector_classes(kind)
         min_score = self._manifest.architecture.detectors[kind].min_score  # type: ignore[index]
         tensors = [_image_tensor(im, i) for i, im in enumerate(images)]
-        found: list[dict[str, Detection]] = []
+        # Portrait and landscape images go in separate batches, each padded to its fixed canvas
+        # (detectors.CanvasTransform): an image's boxes never depend on the other images.
+        by_orientation: dict[bool, list[int]] = {}
+        for i, t in enumerate(tensors):
+            by_orientation.setdefault(t.shape[-2] >= t.shape[-1], []).append(i)
+        found: dict[int, dict[str, Detection]] = {}
         with _evaluating(model), torch.inference_mode(), self._autocast(), _fp32_head_outputs(model.head):
-            for sl in _batches(len(tensors), batch_size):
-                outputs = model([t.to(self.device) for t in tensors[sl]])
-                found += [_best_per_class(o, classes, min_score) for o in outputs]
-        return found
+            for idx in by_orientation.values():
+                for sl in _batches(len(idx), batch_size):
+                    outputs = model([tensors[i].to(self.device, non_blocking=True) for i in idx[sl]])
+                    found.update((i, _best_per_class(o, classes, min_score)) for i, o in zip(idx[sl], outputs))
+        return [found[i] for i in range(len(tensors))]
 
     def score(self, group_name: str, crops: np.ndarray, *, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """Scores of one joint group for float32 crops ``[N, S, S]`` (from ``crops.cut``).

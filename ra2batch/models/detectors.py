@@ -20,8 +20,10 @@ safetensors file of trunk weights in torchvision's key layout (e.g. ``conv1.weig
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file
 from torch import nn
@@ -30,6 +32,7 @@ from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.retinanet import RetinaNetHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from ra2batch.models.preprocessing import Preprocessing
@@ -143,10 +146,36 @@ def create_detector(
     anchors = _anchors(aspect_ratios)
     head = _shorten_head(RetinaNetHead(channels, anchors.num_anchors_per_location()[0], num_classes + 1), n_convs)
     prep = preprocessing or Preprocessing()
-    return RetinaNet(
+    model = RetinaNet(
         backbone, num_classes + 1, min_size=min_size, max_size=max_size, image_mean=list(prep.mean),
         image_std=list(prep.std), anchor_generator=anchors, head=head, score_thresh=min_score,
     )
+    model.transform = CanvasTransform(min_size, max_size, list(prep.mean), list(prep.std))
+    return model
+
+
+class CanvasTransform(GeneralizedRCNNTransform):
+    """torchvision's detection transform (normalise, resize to ``min_size``/``max_size``), except that
+    in eval mode a batch is padded to a fixed canvas rather than to its largest image.
+
+    After the resize a portrait image is at most ``max_size`` high and ``min_size`` wide, so the canvas
+    is those sides rounded up to the stride: ``[B, 3, ceil(max), ceil(min)]``, transposed when every
+    image is landscape (square if the batch mixes both). Batches of one orientation thus always have
+    one shape (GPU kernels are chosen once; any batch size works), and a radiograph's detections do not
+    depend on the size of its batch mates. Training batches keep torchvision's padding.
+    """
+
+    def batch_images(self, images: list[torch.Tensor], size_divisible: int = 32) -> torch.Tensor:
+        if self.training:
+            return super().batch_images(images, size_divisible)
+        long = math.ceil(self.max_size / size_divisible) * size_divisible
+        short = math.ceil(max(self.min_size) / size_divisible) * size_divisible
+        portrait = {im.shape[-2] >= im.shape[-1] for im in images}
+        h, w = (long, short) if portrait == {True} else (short, long) if portrait == {False} else (long, long)
+        batch = images[0].new_zeros((len(images), images[0].shape[0], h, w))
+        for out, im in zip(batch, images):
+            out[:, : im.shape[-2], : im.shape[-1]].copy_(im)
+        return batch.contiguous(memory_format=torch.channels_last) if batch.is_cuda else batch
 
 
 def detector_from_config(cfg: DetectorConfig, num_classes: int, *, preprocessing: Preprocessing | None = None,
