@@ -97,3 +97,23 @@ def test_flip_and_rotation_move_boxes_with_the_image():
         assert abs((y0 + y1) / 2 - (ys.min() + ys.max()).item() / 2) < 1.5
         assert (x1 - x0) < (xs.max() - xs.min()).item() + 2 and (y1 - y0) < (ys.max() - ys.min()).item() + 2
     assert np.isclose(float(rotated.sum()), float(image.sum()), rtol=0.05)
+
+
+def test_crop_jitter_moves_and_zooms_within_its_bounds():
+    from ra2batch.training.augment import jitter_crops
+
+    g = torch.Generator().manual_seed(0)
+    crops = torch.zeros(64, 32, 32)
+    crops[:, 12:20, 12:20] = 1.0  # a bright square in the middle
+    assert torch.equal(jitter_crops(crops, max_shift=0.0, max_zoom=0.0, generator=g), crops)
+    out = jitter_crops(crops, max_shift=0.1, max_zoom=0.1, generator=g)
+    assert out.shape == crops.shape and 0 <= out.min() and out.max() <= 1
+    ys, xs = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    mass = out.sum(dim=(1, 2))
+    cy, cx = (out * ys).sum(dim=(1, 2)) / mass, (out * xs).sum(dim=(1, 2)) / mass
+    # the square's centre moves by at most 10% of the side (3.2 px; its zoom is about the crop centre)
+    # and the crops do not all move alike
+    assert (cy - 15.5).abs().max() <= 3.2 * 1.1 + 0.5 and (cx - 15.5).abs().max() <= 3.2 * 1.1 + 0.5
+    assert cx.std() > 0.5 and cy.std() > 0.5
+    # a zoom of z in [0.9, 1.1] scales the square's area by 1 / z^2, within [0.83, 1.23]
+    assert ((mass / 64) > 0.8).all() and ((mass / 64) < 1.25).all()

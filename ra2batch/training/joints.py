@@ -2,7 +2,8 @@
 
 Rows come from ``data.crop_dataset`` filtered to one group. Each epoch keeps every damaged crop
 and a fresh random draw of zero-damage crops (``keep_zero`` of them, so both are about equally
-many), mirrors a random half left-right, and minimises the MSE of the raw SvH scores. Validation
+many; all of them without ``balance_zeros``), mirrors a random half left-right, shifts and zooms each
+crop a little (``max_shift``, ``max_zoom``), and minimises the MSE of the raw SvH scores. Validation
 RMSE is over every output of every validation crop of all ranks.
 """
 
@@ -20,7 +21,7 @@ from torch import nn
 from ..models.joint_model import JointHeadConfig, JointModel
 from ..models.plan import JointGroup
 from ..models.preprocessing import Preprocessing
-from .augment import augment_crops
+from .augment import augment_crops, jitter_crops
 from .loop import gather, run_epochs
 from .presets import JointTraining
 from .state import Plateau
@@ -56,7 +57,8 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches:
         keep = damaged | (torch.rand(len(damaged), generator=generator).numpy() < keep_zero)
         if keep.sum() < 2:  # BatchNorm needs two samples; keep the batch's first two instead
             keep[:2] = True
-        x = augment_crops(torch.from_numpy(crops[keep]), flip=cfg.flip, generator=generator).to(device)
+        x = augment_crops(torch.from_numpy(crops[keep]), flip=cfg.flip, generator=generator)
+        x = jitter_crops(x, max_shift=cfg.max_shift, max_zoom=cfg.max_zoom, generator=generator).to(device)
         y = torch.from_numpy(targets[keep]).to(device)
         scores, _ = model(x)
         loss = F.mse_loss(scores, y)

@@ -136,8 +136,8 @@ def train_joint_models(bundle: ModelBundle, index: DatasetIndex, train_p: list[s
         if n_damaged + n_zero == 0 or datasets["val"].count() == 0:
             raise DatasetError(f"joint model {group.name}: no crops in the training or validation split")
         keep_zero = min(1.0, n_damaged / n_zero) if n_zero and n_damaged else 1.0
-        run.log(f"joint-{group.name}: {n_damaged} damaged and {n_zero} zero-damage training crops "
-                f"(zero-damage kept with p={keep_zero:.2f} per epoch)")
+        kept = f"zero-damage kept with p={keep_zero:.2f} per epoch" if cfg.balance_zeros else "all kept"
+        run.log(f"joint-{group.name}: {n_damaged} damaged and {n_zero} zero-damage training crops ({kept})")
         config = {"group": group.model_dump(mode="json"), "head": preset.joint_head.model_dump(mode="json"),
                   "training": cfg.model_dump(mode="json"),
                   "preprocessing": bundle.preprocessing.model_dump(mode="json"),
