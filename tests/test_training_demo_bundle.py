@@ -39,12 +39,12 @@ def test_demo_bundle_is_small_and_records_its_training():
     assert len(manifest.metrics["training"]) == 2 + len(manifest.plan.groups)
 
 
-@pytest.mark.parametrize("score", ["sc1", "sc2", "sc3"])
-def test_demo_bundle_beats_the_random_baseline_clearly(metrics, score):
-    # Measured: SC3's ratio on this cohort was 0.83, and 0.81 / 0.71 / 0.78 on the training run's own
-    # held-out patients; the issue's targets (0.30, 0.50, 0.60) are not reached by the tiny demo
-    # models. The bound still requires a clear margin over the baseline.
-    assert metrics[f"ratio_{score}"] < 0.9, {k: v for k, v in metrics.items() if "sc" in k}
+@pytest.mark.parametrize("score, bound", [("sc1", 0.45), ("sc2", 0.55), ("sc3", 0.85)])
+def test_demo_bundle_beats_the_random_baseline_clearly(metrics, score, bound):
+    # Measured on this cohort: ratios 0.328 / 0.417 / 0.712 (0.334 / 0.350 / 0.659 on the training
+    # run's own held-out patients; the issue's targets are 0.30 / 0.50 / 0.60). The bounds leave room
+    # for float differences between machines, not for a worse model.
+    assert metrics[f"ratio_{score}"] < bound, {k: v for k, v in metrics.items() if "sc" in k}
 
 
 @pytest.mark.parametrize("kind", ["hand", "foot"])
