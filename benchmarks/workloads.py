@@ -9,7 +9,7 @@ written to ``RESULT`` as JSON.
   each joint model on one crop at a time. Model loading is timed apart and left out of its wall time.
   With test-time augmentation (``tta``, as the job's default), each crop is scored with its mirror.
 - ``bound``: the ideal serial cost: each stage over all files in isolation, models batched as the
-  job batches them (detector: images of one limb kind and size; joint models: crops of one group);
+  job batches them (detector: images of one limb kind; joint models: crops of one group);
   wall = decode + detect + crop + score.
 - ``job``: ``ra2batch.job.pipeline.score_archive`` on a Ray cluster started here; the cluster's
   start-up, until it goes quiet, is timed apart (``startup_s``), while the job's own start-up (driver reading the bundle, actors starting
@@ -129,12 +129,12 @@ def run_naive(spec: Spec) -> dict[str, Any]:
             "stages_cpu": dict(clock.cpu_seconds), "radiographs": len(spec.files), "crops": crops, "joints": joints}
 
 
-def _alike(images: list[np.ndarray], ids: list[tuple[str, str]]) -> dict[tuple[str, int, int], list[int]]:
-    """Indices of images by (limb kind, height, width): the job batches only such images, since
-    padding a batch to a common size would make one radiograph's boxes depend on its batch mates."""
-    groups: dict[tuple[str, int, int], list[int]] = defaultdict(list)
-    for i, (image, (_, kind)) in enumerate(zip(images, ids)):
-        groups[(kind, *image.shape)].append(i)
+def _by_kind(ids: list[tuple[str, str]]) -> dict[str, list[int]]:
+    """Indices of images by limb kind, as the job batches them (``ModelBundle.detect`` keeps each
+    radiograph's boxes independent of its batch mates)."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, (_, kind) in enumerate(ids):
+        groups[kind].append(i)
     return groups
 
 
@@ -153,7 +153,7 @@ def run_bound(spec: Spec) -> dict[str, Any]:
     found: dict[int, dict] = {}
     with torch.inference_mode():
         with clock("detect"):
-            for (kind, _, _), idx in sorted(_alike(images, ids).items()):
+            for kind, idx in sorted(_by_kind(ids).items()):
                 found.update(zip(idx, bundle.detect([images[i] for i in idx], kind,
                                                     batch_size=spec.detector_batch_size)))
         by_group: dict[str, list[np.ndarray]] = defaultdict(list)

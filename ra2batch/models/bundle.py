@@ -31,7 +31,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from ra2batch import catalogue
-from ra2batch.models.detectors import DetectorConfig, detector_from_config
+from ra2batch.models.detectors import DetectorConfig, detector_from_config, is_portrait
 from ra2batch.models.crops import JointCrop, joint_crops
 from ra2batch.models.joint_model import JointHeadConfig, JointModel
 from ra2batch.models.manifest import FORMAT_VERSION, Architecture, Manifest, Provenance
@@ -216,7 +216,7 @@ class ModelBundle:
         # (detectors.CanvasTransform): an image's boxes never depend on the other images.
         by_orientation: dict[bool, list[int]] = {}
         for i, t in enumerate(tensors):
-            by_orientation.setdefault(t.shape[-2] >= t.shape[-1], []).append(i)
+            by_orientation.setdefault(is_portrait(t), []).append(i)
         found: dict[int, dict[str, Detection]] = {}
         with _evaluating(model), torch.inference_mode(), self._autocast(), _fp32_head_outputs(model.head):
             for idx in by_orientation.values():

@@ -154,6 +154,11 @@ def create_detector(
     return model
 
 
+def is_portrait(image: torch.Tensor) -> bool:
+    """Whether an image ``[..., H, W]`` takes the portrait canvas of :class:`CanvasTransform`."""
+    return image.shape[-2] >= image.shape[-1]
+
+
 class CanvasTransform(GeneralizedRCNNTransform):
     """torchvision's detection transform (normalise, resize to ``min_size``/``max_size``), except that
     in eval mode a batch is padded to a fixed canvas rather than to its largest image.
@@ -170,7 +175,7 @@ class CanvasTransform(GeneralizedRCNNTransform):
             return super().batch_images(images, size_divisible)
         long = math.ceil(self.max_size / size_divisible) * size_divisible
         short = math.ceil(max(self.min_size) / size_divisible) * size_divisible
-        portrait = {im.shape[-2] >= im.shape[-1] for im in images}
+        portrait = {is_portrait(im) for im in images}
         h, w = (long, short) if portrait == {True} else (short, long) if portrait == {False} else (long, long)
         batch = images[0].new_zeros((len(images), images[0].shape[0], h, w))
         for out, im in zip(batch, images):
