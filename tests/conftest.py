@@ -184,7 +184,9 @@ def _save_tiny_bundle(uri: str, foot_min_score: float) -> str:
 
     det = DetectorConfig(backbone="mobilenet_v3_fpn_narrow", min_size=96, max_size=128, min_score=0.0)
     bundle = build_bundle(
-        PLAN.variant(backbones="test_efficientnet", crop_sizes=48),
+        # one tall group, so every stage handles crops that are not square
+        PLAN.variant(backbones="test_efficientnet", crop_sizes=48).variant(
+            crop_sizes={"erosion_fingers": 64}, crop_widths={"erosion_fingers": 32}),
         {"hand": det, "foot": det.model_copy(update={"min_score": foot_min_score})},
         joint_head=JointHeadConfig(attention_widths=(8,), dense_width=8),
     )

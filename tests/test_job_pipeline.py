@@ -217,8 +217,9 @@ def test_rerun_replaces_outputs_with_the_same_rows(ray_local, tiny_bundle, tmp_p
     for name in ("images", "joints", "patients", "predictions"):
         a, b = (df.drop(columns=["scored_at", "attention"], errors="ignore") for df in (before[name], after[name]))
         pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-4, atol=1e-5)  # atol: uncertainty ~ 0
-    np.testing.assert_allclose(np.stack(before["joints"]["attention"]), np.stack(after["joints"]["attention"]),
-                               rtol=1e-4)
+    # attention maps differ in size by joint group (the tiny bundle has one tall crop group)
+    np.testing.assert_allclose(np.concatenate(list(before["joints"]["attention"])),
+                               np.concatenate(list(after["joints"]["attention"])), rtol=1e-4)
     # flip test-time augmentation: a disagreement per joint, flagged above the review threshold
     joints = after["joints"]
     assert (joints["uncertainty"] >= 0).all() and joints["uncertainty"].notna().all()

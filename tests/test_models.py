@@ -129,6 +129,28 @@ def test_cut_keeps_the_aspect_by_padding_the_box_to_a_square():
     assert c[:, 32].min() > 0.99 and c[:, :20].max() == 0.0
 
 
+def test_tall_cut_spends_its_width_on_the_box_and_matches_the_square_cut_when_square():
+    image = _bar_image()
+    tall = crops.cut(image, (40, 10, 50, 90), (64, 32), margin=0.0)
+    assert tall.shape == (64, 32)
+    # the region is 80 high and 40 wide: the 10-pixel bar fills a quarter of the 32 columns
+    assert tall[32].sum() == pytest.approx(8.0, abs=0.6)
+    assert tall[:, 16].min() > 0.99 and tall[:, :10].max() == 0.0
+    assert np.array_equal(crops.cut(image, (40, 10, 50, 90), (64, 64)), crops.cut(image, (40, 10, 50, 90), 64))
+    # a box wider than the crop's aspect grows in height instead: region 40 wide, 80 high
+    assert crops.crop_region((0, 0, 40, 20), 0.0, 2.0) == (0, -30, 40, 80)
+
+
+def test_joint_model_scores_tall_crops():
+    model = JointModel("test_efficientnet", n_outputs=2, crop_size=(96, 32), head=TINY_HEAD).eval()
+    with torch.no_grad():
+        scores, attention = model(torch.rand(3, 96, 32))
+    assert scores.shape == (3, 2) and attention.shape == (3, *model.feature_size)
+    assert model.feature_size == (3, 1)
+    with pytest.raises(ValueError, match=r"expected grey crops \[N, 96, 32\]"):
+        model(torch.rand(3, 32, 96))
+
+
 def test_cut_margin_widens_the_region():
     tight = crops.cut(_bar_image(), (40, 10, 50, 90), 64, margin=0.0)
     loose = crops.cut(_bar_image(), (40, 10, 50, 90), 64, margin=0.25)

@@ -69,6 +69,17 @@ def test_variant_changes_only_what_it_names():
         PLAN.variant(crop_sizes={"wrists": 96})
 
 
+def test_variant_sets_tall_crops_and_a_new_size_alone_makes_them_square_again():
+    tall = PLAN.variant(crop_sizes={"erosion_fingers": 160}, crop_widths={"erosion_fingers": 64})
+    assert tall.group("erosion_fingers").crop_shape == (160, 64)
+    assert tall.group("erosion_toes").crop_shape == (256, 256)
+    assert tall.variant(backbones="test_efficientnet").group("erosion_fingers").crop_shape == (160, 64)
+    assert tall.variant(crop_sizes=96).group("erosion_fingers").crop_shape == (96, 96)
+    assert ModelPlan.model_validate_json(tall.model_dump_json()) == tall
+    with pytest.raises(ValidationError, match="greater than or equal to 32"):
+        PLAN.variant(crop_widths=8)
+
+
 def test_plan_round_trips_through_json():
     assert ModelPlan.model_validate_json(PLAN.model_dump_json()) == PLAN
 

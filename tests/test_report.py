@@ -281,10 +281,13 @@ def test_results_and_images_on_s3(tmp_path, s3_bucket):
     assert (tmp_path / "site" / "patients" / "P001" / "LH.jpg").is_file()
 
 
-def test_crop_sizes_come_from_the_bundle(tiny_bundle):
+def test_crop_shapes_come_from_the_bundle(tiny_bundle):
     geometry = geometry_from_bundle(tiny_bundle)
-    assert {geometry.size(g.name) for g in PLAN.groups} == {48}  # the tiny bundle's plan variant
-    assert CropGeometry().size("wrist_erosion") == PLAN.group("wrist_erosion").crop_size
+    shapes = {g.name: geometry.shape(g.name) for g in PLAN.groups}  # the tiny bundle's plan variant
+    assert shapes.pop("erosion_fingers") == (64, 32) and set(shapes.values()) == {(48, 48)}
+    assert CropGeometry().shape("wrist_erosion") == PLAN.group("wrist_erosion").crop_shape
+    smaller = geometry_from_bundle(tiny_bundle, override=32)
+    assert smaller.shape("erosion_fingers") == (32, 16) and smaller.shape("wrist_erosion") == (32, 32)
 
 
 def test_clear_errors_for_bad_results(tmp_path, capsys):

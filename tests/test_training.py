@@ -23,7 +23,8 @@ pytestmark = pytest.mark.cluster
 _DETECTOR = DetectorConfig(backbone="resnet18_fpn_narrow", min_size=128, max_size=192)
 TINY = TrainPreset(
     name="tiny",
-    plan=PLAN.variant(backbones="test_efficientnet", crop_sizes=48),
+    plan=PLAN.variant(backbones="test_efficientnet", crop_sizes=48).variant(
+        crop_sizes={"narrowing_fingers": 64}, crop_widths={"narrowing_fingers": 32}),
     detectors={"hand": _DETECTOR, "foot": _DETECTOR},
     joint_head=JointHeadConfig(attention_widths=(8,), dense_width=16),
     detector_training=DetectorTraining(epochs=1, batch_size=4),
@@ -108,4 +109,4 @@ def test_two_workers_train_with_ddp_on_a_local_cluster(cohort, local_ray, tmp_pa
     assert state.epoch == 1 and state.history[0]["workers"] == 2.0
     assert state.history[0]["crops"] > 0 and not math.isnan(state.history[0]["val_rmse"])
     g = TINY.plan.group(group)
-    assert set(best) == set(JointModel(g.backbone, g.n_outputs, g.crop_size, TINY.joint_head).state_dict())
+    assert set(best) == set(JointModel(g.backbone, g.n_outputs, g.crop_shape, TINY.joint_head).state_dict())

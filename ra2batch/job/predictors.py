@@ -97,7 +97,7 @@ class Detector:
             x0, y0, x1, y1 = (float(v) for v in d.box)
             rows += [{**ident, "record": "crop", "crop_class": crop_class, "group": c.group,
                       "box_x0": x0, "box_y0": y0, "box_x1": x1, "box_y1": y1, "detector_score": float(d.score),
-                      "crop": c.crop.astype(np.float32).tobytes(), "crop_size": int(c.crop.shape[0])}
+                      "crop": c.crop.astype(np.float32).tobytes()}
                      for c in cut]
         return rows
 
@@ -131,15 +131,15 @@ class JointScorer:
         with torch.inference_mode():
             for name in sorted({m["group"] for m in meta}):
                 idx = [i for i, m in enumerate(meta) if m["group"] == name]
-                s = meta[idx[0]]["crop_size"]
-                stack = np.stack([np.frombuffer(pixels[i].as_buffer(), dtype=np.float32).reshape(s, s) for i in idx])
+                shape = self.bundle.plan.group(name).crop_shape
+                stack = np.stack([np.frombuffer(pixels[i].as_buffer(), dtype=np.float32).reshape(shape) for i in idx])
                 scores, attention, uncertainty = self._score(name, stack)
                 group = self.bundle.plan.group(name)
                 for i, sc, att, unc in zip(idx, scores, np.asarray(attention, dtype=np.float32), uncertainty):
                     m = meta[i]
                     for column, value, u in zip(group.columns(m["limb"], m["crop_class"]), sc, unc):
                         top = catalogue.BY_COLUMN[column].max_score
-                        rows.append({**m, "record": "joint", "crop_size": None, "column": column,
+                        rows.append({**m, "record": "joint", "column": column,
                                      "damage": group.damage, "score": float(np.clip(value, 0.0, top)),
                                      "attention": att.ravel().tolist(), "attention_h": int(att.shape[0]),
                                      "attention_w": int(att.shape[1]), "uncertainty": float(u),

@@ -58,11 +58,11 @@ RUN_FIELDS = [pa.field("model_version", pa.string()), pa.field("scored_at", SCOR
 DECODED = pa.schema(ID_FIELDS + FILE_FIELDS + [pa.field("pixels", pa.large_binary())])
 
 #: Model stages' output: ``record`` is ``image`` (one per file, file fields set), ``crop`` (box
-#: fields and the ``crop`` pixels, float32 ``crop_size`` x ``crop_size``) or ``joint`` (box and
+#: fields and the ``crop`` pixels, float32 in its joint group's ``crop_shape``) or ``joint`` (box and
 #: joint fields). Fields that do not apply to a record are null.
 STREAM = pa.schema(
     [pa.field("record", pa.string())] + ID_FIELDS + FILE_FIELDS + [pa.field("n_detections", pa.int64())]
-    + BOX_FIELDS + [pa.field("crop", pa.large_binary()), pa.field("crop_size", pa.int64())] + JOINT_FIELDS
+    + BOX_FIELDS + [pa.field("crop", pa.large_binary())] + JOINT_FIELDS
 )
 
 IMAGES = pa.schema(

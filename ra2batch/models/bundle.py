@@ -113,7 +113,7 @@ class ModelBundle:
             for kind, cfg in arch.detectors.items() if "detectors" in parts
         }
         joints: dict[str, nn.Module] = {
-            g.name: JointModel(g.backbone, g.n_outputs, g.crop_size, arch.joint_head, preprocessing=prep,
+            g.name: JointModel(g.backbone, g.n_outputs, g.crop_shape, arch.joint_head, preprocessing=prep,
                                pretrained_file=pretrained.pop(g.name, None))
             for g in manifest.plan.groups if "joint_models" in parts
         }
@@ -226,7 +226,7 @@ class ModelBundle:
         return [found[i] for i in range(len(tensors))]
 
     def score(self, group_name: str, crops: np.ndarray, *, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-        """Scores of one joint group for float32 crops ``[N, S, S]`` (from ``crops.cut``).
+        """Scores of one joint group for float32 crops ``[N, H, W]`` (the group's ``crop_shape``, from ``crops.cut``).
 
         Returns ``(scores [N, n_outputs] >= 0, attention [N, h, w] in [0, 1])`` as float32 arrays;
         output ``k`` of a crop is the column ``group.columns(limb, crop_class)[k]``.
@@ -236,9 +236,9 @@ class ModelBundle:
         model = self.joint_models[group_name]
         group = self.plan.group(group_name)
         x = np.asarray(crops, dtype=np.float32)
-        size = group.crop_size
-        if x.ndim != 3 or x.shape[1:] != (size, size):
-            raise ValueError(f"group {group_name} takes crops [N, {size}, {size}], got shape {x.shape}")
+        h, w = group.crop_shape
+        if x.ndim != 3 or x.shape[1:] != (h, w):
+            raise ValueError(f"group {group_name} takes crops [N, {h}, {w}], got shape {x.shape}")
         h, w = model.feature_size
         scores, attention = [np.zeros((0, group.n_outputs), np.float32)], [np.zeros((0, h, w), np.float32)]
         with _evaluating(model), torch.inference_mode(), self._autocast():

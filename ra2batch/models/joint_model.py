@@ -82,16 +82,18 @@ class AttentionHead(nn.Module):
 
 
 class JointModel(nn.Module):
-    """timm backbone (``forward_features``) + :class:`AttentionHead` for ``crop_size`` square grey crops.
+    """timm backbone (``forward_features``) + :class:`AttentionHead` for grey crops of ``crop_size``
+    pixels square, or ``(height, width)``.
 
     ``pretrained_file``: a local safetensors (or timm-loadable) file of backbone weights; nothing is
     downloaded. Without it the backbone starts from random weights.
     """
 
-    def __init__(self, backbone: str, n_outputs: int, crop_size: int, head: JointHeadConfig | None = None,
-                 *, preprocessing: Preprocessing | None = None, pretrained_file: str | None = None):
+    def __init__(self, backbone: str, n_outputs: int, crop_size: int | tuple[int, int],
+                 head: JointHeadConfig | None = None, *, preprocessing: Preprocessing | None = None,
+                 pretrained_file: str | None = None):
         super().__init__()
-        self.crop_size = crop_size
+        self.crop_shape = (crop_size, crop_size) if isinstance(crop_size, int) else (int(crop_size[0]), int(crop_size[1]))
         if not timm.is_model(backbone):
             raise ValueError(f"unknown timm backbone {backbone!r} (see timm.list_models())")
         overlay = {"file": pretrained_file} if pretrained_file else None
@@ -101,14 +103,14 @@ class JointModel(nn.Module):
         # Plain floats, not buffers: a model built on the meta device and then given its weights
         # (``load_bundle``) has nothing left to initialise.
         self.norm_mean, self.norm_std = tuple(prep.mean), tuple(prep.std)
-        channels, h, w = self._feature_shape(crop_size)
+        channels, h, w = self._feature_shape(self.crop_shape)
         self.head = AttentionHead(channels, n_outputs, (h, w), head or JointHeadConfig())
 
     @torch.no_grad()
-    def _feature_shape(self, size: int) -> tuple[int, int, int]:
+    def _feature_shape(self, shape: tuple[int, int]) -> tuple[int, int, int]:
         was_training = self.backbone.training
         self.backbone.eval()
-        out = self.backbone.forward_features(torch.zeros(1, 3, size, size))
+        out = self.backbone.forward_features(torch.zeros(1, 3, *shape))
         self.backbone.train(was_training)
         if out.ndim != 4:
             raise ValueError(f"backbone gives {out.ndim}-d features; a joint model needs a [N, C, h, w] feature map")
@@ -120,10 +122,11 @@ class JointModel(nn.Module):
         return tuple(self.head.attention_out.weight.shape[:2])  # type: ignore[return-value]
 
     def forward(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``crops [N, S, S]`` or ``[N, 1, S, S]`` in [0, 1] -> ``(scores [N, n_outputs], attention [N, h, w])``."""
+        """``crops [N, H, W]`` or ``[N, 1, H, W]`` in [0, 1] -> ``(scores [N, n_outputs], attention [N, h, w])``."""
         x = crops[:, None] if crops.ndim == 3 else crops
-        if x.ndim != 4 or x.shape[1] != 1 or x.shape[-2:] != (self.crop_size, self.crop_size):
-            raise ValueError(f"expected grey crops [N, {self.crop_size}, {self.crop_size}], got {tuple(crops.shape)}")
+        if x.ndim != 4 or x.shape[1] != 1 or tuple(x.shape[-2:]) != self.crop_shape:
+            raise ValueError(f"expected grey crops [N, {self.crop_shape[0]}, {self.crop_shape[1]}], "
+                             f"got {tuple(crops.shape)}")
         mean = x.new_tensor(self.norm_mean).view(1, 3, 1, 1)
         std = x.new_tensor(self.norm_std).view(1, 3, 1, 1)
         x = (x.expand(-1, 3, -1, -1) - mean) / std

@@ -1,7 +1,7 @@
 """The model plan: which joint model scores which detector crop, as one declarative table.
 
 This is DeepRA's Table 2 plus its crop-to-column mapping. Each :class:`JointGroup` is one joint model:
-the (limb kind, detector class) crops that feed it, its damage type, crop size, timm backbone and
+the (limb kind, detector class) crops that feed it, its damage type, crop shape, timm backbone and
 number of outputs. Output ``k`` of a group on a crop means ``catalogue.column_for(limb, crop, damage, k)``
 (slot 0 = the distal joint), so left and right limbs share a model and every column comes from the
 catalogue. The plan is a frozen pydantic model so it is saved inside every bundle's ``bundle.json``.
@@ -23,7 +23,11 @@ _FINGERS = ("fin_1", "fin_2", "fin_3", "fin_4")
 
 
 class JointGroup(BaseModel):
-    """One joint model: the crops it scores and how (``crop_size`` pixels square, ``n_outputs`` scores)."""
+    """One joint model: the crops it scores and how (``crop_shape`` pixels, ``n_outputs`` scores).
+
+    Crops are square (``crop_size``) unless ``crop_width`` is set: a tall ``crop_size x crop_width``
+    crop spends its pixels on one finger or toe instead of its neighbours (see ``models.crops``).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -31,8 +35,14 @@ class JointGroup(BaseModel):
     damage: Damage
     members: tuple[tuple[Kind, str], ...] = Field(min_length=1)
     n_outputs: int = Field(ge=1)
-    crop_size: int = Field(ge=32)
+    crop_size: int = Field(ge=32, description="crop height in pixels (and width unless crop_width is set)")
+    crop_width: int | None = Field(None, ge=32, description="crop width in pixels; None: square crops")
     backbone: str
+
+    @property
+    def crop_shape(self) -> tuple[int, int]:
+        """``(height, width)`` of this group's crops, pixels."""
+        return self.crop_size, self.crop_width or self.crop_size
 
     def feeds(self, kind: str, crop: str) -> bool:
         return (kind, crop) in self.members
@@ -95,8 +105,10 @@ class ModelPlan(BaseModel):
         self,
         backbones: str | Mapping[str, str] | None = None,
         crop_sizes: int | Mapping[str, int] | None = None,
+        crop_widths: int | Mapping[str, int] | None = None,
     ) -> ModelPlan:
-        """The same plan with other backbones and/or crop sizes (one value for all, or by group name)."""
+        """The same plan with other backbones, crop sizes (heights) and/or crop widths (one value for
+        all, or by group name). A new crop size alone keeps crops square."""
 
         def pick(value, name: str, current):
             if value is None:
@@ -105,12 +117,15 @@ class ModelPlan(BaseModel):
                 return value.get(name, current)
             return value
 
-        for value in (backbones, crop_sizes):
+        for value in (backbones, crop_sizes, crop_widths):
             if isinstance(value, Mapping) and (unknown := set(value) - set(self.names)):
                 raise KeyError(f"no joint group(s) {', '.join(sorted(unknown))}; the plan has {', '.join(self.names)}")
         return ModelPlan(groups=tuple(
-            g.model_copy(update={"backbone": pick(backbones, g.name, g.backbone),
-                                 "crop_size": pick(crop_sizes, g.name, g.crop_size)})
+            JointGroup.model_validate({
+                **g.model_dump(),
+                "backbone": pick(backbones, g.name, g.backbone),
+                "crop_size": (size := pick(crop_sizes, g.name, g.crop_size)),
+                "crop_width": pick(crop_widths, g.name, g.crop_width if size == g.crop_size else None)})
             for g in self.groups
         ))
 

@@ -17,7 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the model bundle that scored the results: its bundle.json gives the exact crop "
                         "size and margin of each joint model (default: the built-in plan's)")
     p.add_argument("--crop-size", type=int, metavar="PX",
-                   help="draw every joint crop at this size instead (pixels, >= 16; smaller pages)")
+                   help="draw every joint crop at this height instead, aspect kept (pixels, >= 16; smaller pages)")
     p.add_argument("--storage-options", type=json.loads, default=None, metavar="JSON",
                    help="extra S3 settings for results and images, "
                         "e.g. '{\"endpoint_url\": \"http://127.0.0.1:9000\"}'")

@@ -39,29 +39,32 @@ from ra2batch.storage import resolve
 
 #: Longest side of a radiograph as stored for display, pixels.
 DISPLAY_SIDE = 1000
-#: Crop size for groups the plan does not know, pixels.
-FALLBACK_CROP_SIZE = 160
+#: Crop shape (height, width) for groups the plan does not know, pixels.
+FALLBACK_CROP_SHAPE = (160, 160)
 
 
 @dataclass(frozen=True)
 class CropGeometry:
-    """How to re-cut the crop each joint model saw: square side per group and the box margin."""
+    """How to re-cut the crop each joint model saw: ``(height, width)`` per group and the box margin."""
 
-    sizes: dict[str, int] = field(default_factory=lambda: {g.name: g.crop_size for g in PLAN.groups})
+    shapes: dict[str, tuple[int, int]] = field(default_factory=lambda: {g.name: g.crop_shape for g in PLAN.groups})
     margin: float = 0.1
-    override: int | None = None  # one size for every group (e.g. smaller pages)
+    override: int | None = None  # one height for every group, aspect kept (e.g. smaller pages)
 
-    def size(self, group: str) -> int:
-        return self.override or self.sizes.get(group, FALLBACK_CROP_SIZE)
+    def shape(self, group: str) -> tuple[int, int]:
+        h, w = self.shapes.get(group, FALLBACK_CROP_SHAPE)
+        if self.override:
+            return self.override, max(1, round(self.override * w / h))
+        return h, w
 
 
 def geometry_from_bundle(uri: str, storage_options: dict[str, Any] | None = None,
                          override: int | None = None) -> CropGeometry:
-    """Crop sizes and margin from a bundle's ``bundle.json`` (no weights are read)."""
+    """Crop shapes and margin from a bundle's ``bundle.json`` (no weights are read)."""
     from ra2batch.models.manifest import Manifest
 
     manifest = Manifest.model_validate_json(resolve(uri, storage_options).read_bytes("bundle.json"))
-    return CropGeometry({g.name: g.crop_size for g in manifest.plan.groups},
+    return CropGeometry({g.name: g.crop_shape for g in manifest.plan.groups},
                         manifest.preprocessing.crop_margin, override)
 
 
@@ -187,7 +190,7 @@ def _crop_figure(limb: str, rows: pd.DataFrame, key: str, folder: Path, pictures
     """One (limb, crop class, group): the re-cut crop with its attention overlay, and the joints it scored."""
     first = rows.iloc[0]
     crop_class, group = str(first["crop_class"]), str(first["group"])
-    size = geometry.size(group)
+    height, width = geometry.shape(group)
     pixels = pictures.get(str(first["path"]))
     att = np.asarray(first["attention"], dtype=np.float32)
     ah, aw = int(first["attention_h"]), int(first["attention_w"])
@@ -197,13 +200,13 @@ def _crop_figure(limb: str, rows: pd.DataFrame, key: str, folder: Path, pictures
     if problem is None:
         box = (first["box_x0"], first["box_y0"], first["box_x1"], first["box_y1"])
         try:
-            crop = cut(pixels, box, size, is_mirrored(limb), margin=geometry.margin)
+            crop = cut(pixels, box, (height, width), is_mirrored(limb), margin=geometry.margin)
         except ValueError as e:
             problem = str(e)
     if problem is None:
         name = f"{limb}_{crop_class}_{group}.png"
         Image.fromarray(attention_overlay(crop, att.reshape(ah, aw))).save(folder / name)
-        picture = (f'<img class="overlay" src="{key}/{escape(name)}" width="{size}" height="{size}" '
+        picture = (f'<img class="overlay" src="{key}/{escape(name)}" width="{width}" height="{height}" '
                    f'data-limb="{limb}" data-crop-class="{escape(crop_class)}" data-group="{escape(group)}" '
                    f'alt="{limb} {escape(crop_class)} crop with {escape(group)} attention">')
     else:

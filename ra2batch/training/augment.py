@@ -61,7 +61,7 @@ def augment_detection(image: torch.Tensor, boxes: torch.Tensor, *, flip: bool, m
 
 
 def augment_crops(crops: torch.Tensor, *, flip: bool, generator: torch.Generator) -> torch.Tensor:
-    """Mirror a random half of a batch of crops ``[N, S, S]`` left-right."""
+    """Mirror a random half of a batch of crops ``[N, H, W]`` left-right."""
     if not flip:
         return crops
     mask = torch.rand(crops.shape[0], generator=generator) < 0.5
@@ -70,7 +70,7 @@ def augment_crops(crops: torch.Tensor, *, flip: bool, generator: torch.Generator
 
 def jitter_crops(crops: torch.Tensor, *, max_shift: float, max_zoom: float,
                  generator: torch.Generator) -> torch.Tensor:
-    """Shift each crop ``[N, S, S]`` by up to ``max_shift`` of its side (x and y independently) and zoom
+    """Shift each crop ``[N, H, W]`` by up to ``max_shift`` of its sides (x and y independently) and zoom
     it by a factor in ``[1 - max_zoom, 1 + max_zoom]``, bilinearly; uncovered pixels read 0 (background).
 
     A detected box sits a few percent of its side away from the annotated one, so a model trained only
@@ -79,12 +79,12 @@ def jitter_crops(crops: torch.Tensor, *, max_shift: float, max_zoom: float,
     """
     if not max_shift and not max_zoom:
         return crops
-    n, size = crops.shape[0], crops.shape[-1]
+    n, (h, w) = crops.shape[0], crops.shape[-2:]
     zoom = 1 + max_zoom * (2 * torch.rand(n, generator=generator) - 1)
     shift = 2 * max_shift * (2 * torch.rand(n, 2, generator=generator) - 1)  # grid coordinates span 2
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0] = zoom
     theta[:, 1, 1] = zoom
     theta[:, :, 2] = shift
-    grid = F.affine_grid(theta.to(crops.dtype), [n, 1, size, size], align_corners=False)
+    grid = F.affine_grid(theta.to(crops.dtype), [n, 1, h, w], align_corners=False)
     return F.grid_sample(crops[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0]

@@ -101,7 +101,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = JointTraining.model_validate(config["training"])
     torch.set_num_threads(config["threads"])
     torch.manual_seed(config["seed"])
-    model = JointModel(group.backbone, group.n_outputs, group.crop_size,
+    model = JointModel(group.backbone, group.n_outputs, group.crop_shape,
                        JointHeadConfig.model_validate(config["head"]),
                        preprocessing=Preprocessing.model_validate(config["preprocessing"]))
     freeze_backbone(model, cfg.unfrozen_fraction)
