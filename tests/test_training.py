@@ -57,9 +57,10 @@ def _group_datasets(cohort: str, group_name: str) -> dict[str, ray.data.Dataset]
     return out
 
 
-def _joint_config(group_name: str, epochs: int) -> dict:
+def _joint_config(group_name: str, epochs: int, **training) -> dict:
     return {"group": TINY.plan.group(group_name).model_dump(mode="json"), "head": TINY.joint_head.model_dump(),
-            "training": JointTraining(epochs=epochs, batch_size=8).model_dump(), "preprocessing": {},
+            "training": JointTraining(epochs=epochs, batch_size=8, **training).model_dump(),
+            "preprocessing": {},
             "keep_zero": 0.5, "seed": 0}
 
 
@@ -104,9 +105,11 @@ def test_two_workers_train_with_ddp_on_a_local_cluster(cohort, local_ray, tmp_pa
     group = "narrowing_fingers"
     datasets = _group_datasets(cohort, group)
     run = pipeline.RunSettings(name="ddp", storage_path=str(tmp_path), num_workers=2, cpus_per_worker=1)
-    best, state = pipeline.fit_model(joints.train_loop_per_worker, f"joint-{group}", _joint_config(group, 1),
-                                     datasets, run)
-    assert state.epoch == 1 and state.history[0]["workers"] == 2.0
-    assert state.history[0]["crops"] > 0 and not math.isnan(state.history[0]["val_rmse"])
+    best, state = pipeline.fit_model(joints.train_loop_per_worker, f"joint-{group}",
+                                     _joint_config(group, 2, cache_crops=True, balance_zeros=False), datasets, run)
+    assert state.epoch == 2 and state.history[0]["workers"] == 2.0
+    # the second epoch trains on the crops each worker cached in the first: all of them again
+    assert state.history[1]["crops"] == state.history[0]["crops"] == datasets["train"].count()
+    assert not math.isnan(state.history[1]["val_rmse"])
     g = TINY.plan.group(group)
     assert set(best) == set(JointModel(g.backbone, g.n_outputs, g.crop_shape, TINY.joint_head).state_dict())

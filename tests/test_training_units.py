@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from ra2batch.training import joints
 from ra2batch.training.augment import hflip_image_boxes, rotate_image_boxes
 from ra2batch.training.dataset import DatasetError, parse_name, parse_voc, split_patients
 from ra2batch.training.metrics import average_precision, iou
@@ -117,3 +118,32 @@ def test_crop_jitter_moves_and_zooms_within_its_bounds():
     assert cx.std() > 0.5 and cy.std() > 0.5
     # a zoom of z in [0.9, 1.1] scales the square's area by 1 / z^2, within [0.83, 1.23]
     assert ((mass / 64) > 0.8).all() and ((mass / 64) < 1.25).all()
+
+
+class _Shard:
+    """Stands in for a Ray Train dataset shard: counts the passes over it."""
+
+    def __init__(self, n: int):
+        self.n, self.passes = n, 0
+
+    def iter_batches(self, batch_size: int, batch_format: str):
+        self.passes += 1
+        for i in range(0, self.n, batch_size):
+            ids = np.arange(i, min(i + batch_size, self.n))
+            crops = np.empty(len(ids), dtype=object)  # ragged-typed column, as Ray Data can deliver it
+            crops[:] = [np.full((4, 2), k, np.float16) for k in ids]
+            yield {"crop": crops, "targets": ids[:, None].astype(np.float32), "damaged": ids % 2 == 0}
+
+
+def test_cached_shard_reads_once_and_reshuffles_every_row_each_epoch():
+    shard = _Shard(10)
+    cached = joints.CachedShard(shard)
+    first = list(cached.iter_batches(4, seed=1))
+    second = list(cached.iter_batches(4, seed=2))
+    assert shard.passes == 1 and [len(b["crop"]) for b in first] == [4, 4, 2]
+    order = [np.concatenate([b["targets"][:, 0] for b in batches]) for batches in (first, second)]
+    assert sorted(order[0]) == sorted(order[1]) == list(range(10)) and list(order[0]) != list(order[1])
+    for b in first:  # the columns of a row stay together
+        assert b["crop"].shape[1:] == (4, 2) and np.array_equal(b["crop"][:, 0, 0], b["targets"][:, 0])
+        assert np.array_equal(b["damaged"], b["targets"][:, 0] % 2 == 0)
+    assert [b["targets"][0, 0] for b in cached.iter_batches(4)] == [0, 4, 8]  # no seed: stored order

@@ -9,7 +9,7 @@ RMSE is over every output of every validation crop of all ranks.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import ray.train
@@ -43,6 +43,38 @@ def _stack(column: Any) -> np.ndarray:
     if a.dtype == object:
         a = np.stack(list(a))
     return a.astype(np.float32, copy=False)
+
+
+class CachedShard:
+    """A worker's dataset shard held in its memory after one pass through ``get_dataset_shard``.
+
+    Crop datasets are small (1,500 tall demo crops are 30 MB) and, with tiny models, streaming them
+    through Ray Data again every epoch took as long as the epoch's compute (4.2 s against 2.3 s per
+    erosion_fingers epoch). Each later epoch draws its own seeded permutation of the cached rows.
+    The shard is read once, so a worker keeps the rows it got in the first epoch.
+    """
+
+    def __init__(self, shard: Any, columns: tuple[str, ...] = ("crop", "targets", "damaged")):
+        self.shard, self.columns = shard, columns
+        self.rows: dict[str, np.ndarray] | None = None
+
+    def _load(self) -> dict[str, np.ndarray]:
+        parts: dict[str, list[np.ndarray]] = {c: [] for c in self.columns}
+        for batch in self.shard.iter_batches(batch_size=1024, batch_format="numpy"):
+            for c in self.columns:
+                column = np.asarray(batch[c])
+                parts[c].append(np.stack(list(column)) if column.dtype == object else column)
+        return {c: np.concatenate(v) if v else np.zeros((0,)) for c, v in parts.items()}
+
+    def iter_batches(self, batch_size: int, seed: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """Batches of the cached rows, in a permutation drawn from ``seed`` (stored order if None)."""
+        if self.rows is None:
+            self.rows = self._load()
+        n = len(self.rows[self.columns[0]])
+        order = np.arange(n) if seed is None else np.random.default_rng(seed).permutation(n)
+        for i in range(0, n, batch_size):
+            take = order[i:i + batch_size]
+            yield {c: v[take] for c, v in self.rows.items()}
 
 
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[dict[str, Any]],
@@ -114,14 +146,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     val_shard = ray.train.get_dataset_shard("val")
     keep_zero = float(config["keep_zero"]) if cfg.balance_zeros else 1.0
 
+    if cfg.cache_crops:
+        train_shard, val_shard = CachedShard(train_shard), CachedShard(val_shard)
+
     def fit_epoch(epoch: int) -> dict[str, float]:
         gen = torch.Generator().manual_seed(config["seed"] * 1_000_003 + epoch * 101 + rank)
-        batches = train_shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy",
-                                           local_shuffle_buffer_size=8 * cfg.batch_size,
-                                           local_shuffle_seed=config["seed"] + epoch)
+        if cfg.cache_crops:
+            batches = train_shard.iter_batches(cfg.batch_size, seed=config["seed"] * 7919 + epoch * 31 + rank)
+        else:
+            batches = train_shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy",
+                                               local_shuffle_buffer_size=8 * cfg.batch_size,
+                                               local_shuffle_seed=config["seed"] + epoch)
         return train_one_epoch(model, optimizer, batches, device, cfg, keep_zero, gen)
 
     def validate() -> dict[str, float]:
+        if cfg.cache_crops:
+            return evaluate(model, val_shard.iter_batches(128), device)
         return evaluate(model, val_shard.iter_batches(batch_size=128, batch_format="numpy"), device)
 
     run_epochs(config["name"], model, optimizer, plateau, epochs=cfg.epochs, max_minutes=cfg.max_minutes,

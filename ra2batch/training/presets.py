@@ -53,6 +53,8 @@ class JointTraining(BaseModel):
     boxes: Literal["annotated", "detected"] = Field(
         "annotated", description="cut training crops from the annotations or from the trained detectors' boxes")
     max_minutes: float | None = Field(None, gt=0, description="wall-clock budget per joint model")
+    cache_crops: bool = Field(False, description="keep each worker's crops in its memory after the first "
+                              "epoch instead of streaming them again (small datasets, tiny models)")
 
 
 class TrainPreset(BaseModel):
@@ -79,18 +81,26 @@ PAPER = TrainPreset(
 
 _DEMO_DETECTOR = DetectorConfig(backbone="mobilenet_v3_fpn_narrow", min_size=256, max_size=358)
 
+#: Finger and toe boxes are 2-5 times taller than wide, so a square crop spends most of its pixels on
+#: the neighbouring digits; tall 160 x 64 crops see the digit's erosions at 1.7x the resolution of a
+#: 96 px square for about the same compute (validation RMSE: erosion_fingers 0.41 vs 0.46,
+#: erosion_toes 0.24 vs 0.27; narrowing did not gain, 0.205 vs 0.203, and stays square).
+_DEMO_TALL = ("erosion_fingers", "erosion_toes")
+
 DEMO = TrainPreset(
     name="demo",
-    plan=PLAN.variant(backbones="test_efficientnet", crop_sizes=96),
+    plan=PLAN.variant(backbones="test_efficientnet", crop_sizes=96).variant(
+        crop_sizes=dict.fromkeys(_DEMO_TALL, 160), crop_widths=dict.fromkeys(_DEMO_TALL, 64)),
     detectors={"hand": _DEMO_DETECTOR, "foot": _DEMO_DETECTOR},
     joint_head=JointHeadConfig(attention_widths=(64, 32, 16), dense_width=64),
     detector_training=DetectorTraining(epochs=12, batch_size=4, max_rotation=3.0, max_minutes=4.5),
     # Issue #5: crops are cut from annotated boxes in training but from detected ones (a few % off)
     # in scoring, so they are shifted/zoomed a little; the learning rate is not lowered while the
     # tiny models are still finding the joints (patience 3 had it at ~0 after 10 epochs); all
-    # zero-damage crops are kept, since under-sampling them biases every joint upwards (SC1).
-    joint_training=JointTraining(epochs=60, lr_patience=10, unfrozen_fraction=1.0, max_minutes=1.5,
-                                 max_shift=0.05, max_zoom=0.06, balance_zeros=False),
+    # zero-damage crops are kept, since under-sampling them biases every joint upwards (SC1); the
+    # crops are cached in the worker, which makes an epoch 1.5x faster.
+    joint_training=JointTraining(epochs=100, lr_patience=10, unfrozen_fraction=1.0, max_minutes=1.5,
+                                 max_shift=0.05, max_zoom=0.06, balance_zeros=False, cache_crops=True),
     weights_dtype="float16",  # keeps the shipped demo bundle under 20 MB
 )
 
