@@ -8,6 +8,7 @@ cache folder and reused; a ``COMPLETE`` marker guards against a half-written one
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -71,10 +72,13 @@ def untrained_bundle(cache: Path, preset: str) -> Path:
     from ra2batch.models import build_bundle
     from ra2batch.training.presets import get_preset
 
-    root = cache / f"bundle-{preset}-untrained"
+    p = get_preset(preset)
+    # keyed by the architecture, so a changed preset never reuses a stale cached bundle
+    arch = json.dumps([p.plan.model_dump(mode="json"), {k: c.model_dump(mode="json") for k, c in p.detectors.items()},
+                       p.joint_head.model_dump(mode="json")], sort_keys=True)
+    root = cache / f"bundle-{preset}-untrained-{hashlib.sha256(arch.encode()).hexdigest()[:8]}"
     if (root / "bundle.json").is_file():
         return root
-    p = get_preset(preset)
     print(f"building an untrained {preset} bundle in {root} ...", flush=True)
     torch.manual_seed(0)
     detectors = {k: c.model_copy(update={"min_score": 0.0}) for k, c in p.detectors.items()}

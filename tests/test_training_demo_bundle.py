@@ -39,11 +39,10 @@ def test_demo_bundle_is_small_and_records_its_training():
     assert len(manifest.metrics["training"]) == 2 + len(manifest.plan.groups)
 
 
-@pytest.mark.parametrize("score, bound", [("sc1", 0.45), ("sc2", 0.55), ("sc3", 0.85)])
-def test_demo_bundle_beats_the_random_baseline_clearly(metrics, score, bound):
-    # Measured on this cohort: ratios 0.328 / 0.417 / 0.712 (0.334 / 0.350 / 0.659 on the training
-    # run's own held-out patients; the targets are 0.30 / 0.50 / 0.60). The bounds leave room
-    # for float differences between machines, not for a worse model.
+@pytest.mark.parametrize("score, bound", [("sc1", 0.30), ("sc2", 0.50), ("sc3", 0.60)])
+def test_demo_bundle_meets_the_accuracy_targets(metrics, score, bound):
+    # The bounds are the targets (ratios to the random baseline). Measured on this cohort:
+    # 0.173 / 0.388 / 0.530 (0.215 / 0.347 / 0.503 on the training run's own held-out patients).
     assert metrics[f"ratio_{score}"] < bound, {k: v for k, v in metrics.items() if "sc" in k}
 
 

@@ -147,3 +147,32 @@ def test_cached_shard_reads_once_and_reshuffles_every_row_each_epoch():
         assert b["crop"].shape[1:] == (4, 2) and np.array_equal(b["crop"][:, 0, 0], b["targets"][:, 0])
         assert np.array_equal(b["damaged"], b["targets"][:, 0] % 2 == 0)
     assert [b["targets"][0, 0] for b in cached.iter_batches(4)] == [0, 4, 8]  # no seed: stored order
+
+
+def test_max_train_minutes_is_shared_out_in_the_presets_proportions():
+    import argparse
+
+    from ra2batch.training.cli import add_arguments, configure
+    from ra2batch.training.presets import DEMO
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    preset = configure(parser.parse_args(["--data", "d", "--out", "o", "--max-train-minutes", "38"]))
+    det, jt = preset.detector_training.max_minutes, preset.joint_training
+    joint = {g: jt.minutes_for(g) for g in preset.plan.names}
+    assert 2 * det + sum(joint.values()) == pytest.approx(38.0)
+    base = DEMO.joint_training
+    slow, fast = "erosion_fingers", "wrist_erosion"  # the demo preset gives erosion more time
+    assert base.minutes_for(slow) > base.minutes_for(fast)
+    assert joint[slow] / joint[fast] == pytest.approx(base.minutes_for(slow) / base.minutes_for(fast))
+    assert det / joint[fast] == pytest.approx(DEMO.detector_training.max_minutes / base.minutes_for(fast))
+
+
+def test_group_budgets_must_name_groups_of_the_plan():
+    from pydantic import ValidationError
+
+    from ra2batch.training.presets import DEMO
+
+    bad = {**DEMO.model_dump(), "joint_training": {**DEMO.joint_training.model_dump(), "group_minutes": {"thumbs": 1.0}}}
+    with pytest.raises(ValidationError, match="group_minutes names no joint group of the plan: thumbs"):
+        type(DEMO).model_validate(bad)

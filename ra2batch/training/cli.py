@@ -45,14 +45,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="extra S3 settings, e.g. '{\"endpoint_url\": \"http://127.0.0.1:9000\"}'")
 
 
-def _budgets(preset: TrainPreset, total: float) -> tuple[float, float]:
-    """Per-detector and per-joint-model minutes that add up to ``total`` for the whole plan."""
-    det, joint = preset.detector_training.max_minutes, preset.joint_training.max_minutes
-    n_det, n_joint = len(preset.detectors), len(preset.plan.groups)
-    if det is None or joint is None:
-        return total / 2 / n_det, total / 2 / n_joint
-    factor = total / (det * n_det + joint * n_joint)
-    return det * factor, joint * factor
+def _budgets(preset: TrainPreset, total: float) -> tuple[float, dict[str, float]]:
+    """Per-detector minutes and each joint group's minutes, in the preset's proportions (evenly
+    without budgets), adding up to ``total`` for the whole plan."""
+    det = preset.detector_training.max_minutes
+    joint = {g: preset.joint_training.minutes_for(g) for g in preset.plan.names}
+    if det is None or None in joint.values():
+        return total / 2 / len(preset.detectors), {g: total / 2 / len(joint) for g in joint}
+    factor = total / (det * len(preset.detectors) + sum(joint.values()))  # type: ignore[arg-type]
+    return det * factor, {g: m * factor for g, m in joint.items()}  # type: ignore[operator]
 
 
 def configure(args: argparse.Namespace) -> TrainPreset:
@@ -66,7 +67,7 @@ def configure(args: argparse.Namespace) -> TrainPreset:
     if args.joint_epochs is not None:
         joint["epochs"] = args.joint_epochs
     if args.max_train_minutes is not None:
-        det["max_minutes"], joint["max_minutes"] = _budgets(preset, args.max_train_minutes)
+        det["max_minutes"], joint["group_minutes"] = _budgets(preset, args.max_train_minutes)
     if args.joint_boxes is not None:
         joint["boxes"] = args.joint_boxes
     top: dict = {} if args.seed is None else {"seed": args.seed}
