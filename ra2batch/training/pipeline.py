@@ -139,7 +139,7 @@ def train_joint_models(bundle: ModelBundle, index: DatasetIndex, train_p: list[s
         kept = f"zero-damage kept with p={keep_zero:.2f} per epoch" if cfg.balance_zeros else "all kept"
         run.log(f"joint-{group.name}: {n_damaged} damaged and {n_zero} zero-damage training crops ({kept})")
         config = {"group": group.model_dump(mode="json"), "head": preset.joint_head.model_dump(mode="json"),
-                  "training": {**cfg.model_dump(mode="json"), "max_minutes": cfg.minutes_for(group.name)},
+                  "training": cfg.model_dump(mode="json"),
                   "preprocessing": bundle.preprocessing.model_dump(mode="json"),
                   "keep_zero": keep_zero, "seed": preset.seed}
         best, state = fit_model(joint_worker.train_loop_per_worker, f"joint-{group.name}", config, datasets, run)
