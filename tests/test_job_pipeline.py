@@ -131,6 +131,35 @@ def no_feet_bundle(tiny_bundle_factory) -> str:
 # -- tests ---------------------------------------------------------------------------------------
 
 
+def test_decoded_pixels_reach_the_detector_as_decoded(tmp_path):
+    """Decode packs pixels for the object store (1 byte for 8-bit sources, else 2); the detector
+    must get back what the reader decoded: exactly for JPEG and 16-bit PNG, within 1/131070 for DICOM."""
+    import pyarrow.fs as pafs
+
+    from ra2batch.imaging.readers import decode
+    from ra2batch.job.decode import decode_files
+    from ra2batch.job.tables import unpack_pixels
+
+    rng = np.random.default_rng(3)
+    files = {"P1-LH.jpg": jpeg(rng), "P1-RH.png": png16(rng), "P1-LF.dcm": dicom(rng)}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    listing = pd.DataFrame([{"path": str(tmp_path / n), "Patient_ID": "P1", "visit": None, "limb": n[3:5],
+                             "size_bytes": len(d), "problem": None} for n, d in files.items()])
+    rows = decode_files(listing, fs=pafs.LocalFileSystem()).to_pylist()
+    for name, row in zip(files, rows):
+        expected = decode(files[name], name).pixels
+        got = unpack_pixels(row["pixels"], row["height"], row["width"])
+        assert row["status"] == "ok" and got.dtype == np.float32 and got.shape == expected.shape
+        assert len(row["pixels"]) == expected.size * (1 if name.endswith(".jpg") else 2)
+        if name.endswith(".dcm"):
+            assert np.abs(got - expected).max() <= 1 / 131070 + 1e-9
+        else:
+            assert np.array_equal(got, expected)
+    with pytest.raises(ValueError, match="not a packed 3 x 2 radiograph"):
+        unpack_pixels(b"12345", 2, 3)
+
+
 def test_s3_archive_with_bad_files_is_fully_accounted(ray_local, s3_bucket, no_feet_bundle, tmp_path):
     from ra2batch.job import score_archive
 

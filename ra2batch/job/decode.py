@@ -1,8 +1,8 @@
 """Decode stage (CPU tasks): listed files -> radiograph pixels, or an error row saying what is wrong.
 
 A pure function of its input rows, so Ray may retry a lost task without changing any output. It
-imports no model code: decode workers stay small and start fast. Pixels travel as float32 row-major
-bytes beside their ``width``/``height`` (``tables.DECODED``).
+imports no model code: decode workers stay small and start fast. Pixels travel packed to one or two
+bytes each (``tables.pack_pixels``) beside their ``width``/``height`` (``tables.DECODED``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pyarrow.fs as pafs
 
 from ra2batch.imaging.readers import ImageDecodeError, decode
 from ra2batch.job.inputs import fs_path
-from ra2batch.job.tables import DECODED, IDENTITY
+from ra2batch.job.tables import DECODED, IDENTITY, pack_pixels
 
 
 def _text(v: Any) -> str | None:
@@ -46,9 +46,8 @@ def _decode_one(fs: pafs.FileSystem, row: dict[str, Any]) -> dict[str, Any]:
         message = str(e) if isinstance(e, ImageDecodeError) else f"{type(e).__name__}: {e}"
         out["error"] = message.removeprefix(f"{out['path']}: ").splitlines()[0]
         return out
-    pixels = np.ascontiguousarray(image.pixels, dtype=np.float32)
     out.update(status="ok", error=None, width=int(image.width), height=int(image.height),
-               format=str(image.format), bits=int(image.bits), pixels=pixels.tobytes())
+               format=str(image.format), bits=int(image.bits), pixels=pack_pixels(image.pixels, one_byte=image.bits <= 8 and image.format != "dicom"))
     return out
 
 

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import torch
 
 from ra2batch import catalogue
-from ra2batch.job.tables import IDENTITY, STREAM
+from ra2batch.job.tables import IDENTITY, STREAM, unpack_pixels
 from ra2batch.models import ModelBundle, load_bundle
 
 
@@ -53,7 +53,7 @@ class Detector:
     def __call__(self, batch: pa.Table) -> pa.Table:
         meta = batch.drop_columns(["pixels"]).to_pylist()
         pixels = batch.column("pixels")
-        images = {i: np.frombuffer(pixels[i].as_buffer(), dtype=np.float32).reshape(m["height"], m["width"])
+        images = {i: unpack_pixels(pixels[i].as_buffer(), m["height"], m["width"])
                   for i, m in enumerate(meta) if m["status"] == "ok"}
         by_kind: dict[str, list[int]] = {}
         for i in images:
