@@ -80,7 +80,8 @@ def _notes(result: dict[str, Any]) -> list[str]:
         f"bundle: {result['bundle']['description']} ({result['bundle']['model_version']})",
         f"archive: {result['archive']['patients']} synthetic patients, JPEG, scale {result['archive']['scale']:g} "
         f"(long side {result['archive']['long_side_px'][0]}-{result['archive']['long_side_px'][1]} px)",
-        f"Ray cluster start-up (ray.init until the new cluster is quiet, excluded from the job figures): "
+        f"Ray cluster start-up (ray.init and the cluster's first dataset, which creates Ray Data's session actors, "
+        f"until the new cluster is quiet; excluded from the job figures): "
         f"N {runs['job']['startup_s']:.1f} s, 4N {runs['job_4n']['startup_s']:.1f} s",
         _steady(result),
         f"GPU utilisation during the job: N {_gpu_text(runs['job']['gpu_utilisation'])}; "
