@@ -1,7 +1,7 @@
 """The training run: detectors, then joint models, then a held-out evaluation, then the bundle.
 
 Each model is its own Ray Train ``TorchTrainer`` run named ``{name}-detector-{kind}`` or
-``{name}-joint-{group}`` under ``storage_path``, checkpointed every epoch. Starting the same run
+``{name}-joint-{group}`` under ``storage_path``, checkpointed every 30 s and at its end. Starting the same run
 again (same name and storage path) continues every model from its last checkpoint; finished models
 are not retrained. Data goes through Ray Data: radiographs are decoded once into materialised
 datasets that the workers stream with ``get_dataset_shard``.
