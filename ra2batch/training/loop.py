@@ -22,9 +22,10 @@ from torch import nn
 
 from .state import Plateau, TrainState, cpu_state, load_checkpoint, save_checkpoint
 
-#: Seconds between checkpoints; the last epoch is always saved. ``ray.train.report`` waits until
-#: Ray Train's controller collects the report, which it polls every 2 s: 1.6-2.0 s per report here,
-#: with or without a checkpoint, against 0.6 s for an epoch of a demo wrist model.
+#: Seconds between checkpoints; the last epoch is always saved. ``ray.train.report`` waits until Ray
+#: Train's controller, which polls every 2 s, has collected the previous report, so reporting after
+#: every epoch shorter than that waits out the rest: 1.41 s per report after 0.6 s epochs (a demo
+#: wrist model's), none after 3 s epochs, measured here.
 CHECKPOINT_EVERY_S = 30.0
 
 
