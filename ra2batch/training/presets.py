@@ -3,7 +3,7 @@
 ``paper`` is DeepRA as published (ResNet-50 RetinaNet at 1000/1400, EfficientNet B3/B4/B5 joint
 models at 256/300 px): for GPU clusters. ``demo`` is tiny models that train on 2 CPU cores on a synthetic
 cohort (19 minutes of model training by default, most of it for the detectors and the erosion
-models); the built-in demo bundle is trained with it (``--max-train-minutes 36``).
+models: 24 minutes of wall time on 2 cores); the built-in demo bundle is trained with it (``--max-train-minutes 36``).
 A preset is saved in the bundle's provenance so a run can be reproduced.
 """
 
