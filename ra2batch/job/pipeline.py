@@ -106,10 +106,6 @@ def connect() -> None:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
 
 
-def _blocks(files: pd.DataFrame, size: int) -> list[pd.DataFrame]:
-    return [files.iloc[i:i + size].reset_index(drop=True) for i in range(0, len(files), size)]
-
-
 def build_dataset(files: pd.DataFrame, fs: Any, models: str, model_options: dict[str, Any] | None,
                   cfg: JobConfig) -> ray.data.Dataset:
     """The streaming pipeline over the listed ``files`` (``cfg`` resolved); yields ``STREAM`` rows."""
@@ -124,7 +120,9 @@ def build_dataset(files: pd.DataFrame, fs: Any, models: str, model_options: dict
 
     scoring = {"tta": cfg.tta, "review_threshold": cfg.review_threshold}
     decoded = (
-        ray.data.from_pandas(_blocks(files, cfg.files_per_decode_task))
+        # from_items describes its blocks on the driver; from_pandas runs a task per block to do so.
+        ray.data.from_items(files.astype(object).where(files.notna(), None).to_dict("records"),
+                            override_num_blocks=-(-len(files) // cfg.files_per_decode_task))
         # Decode's own memory reservation also keeps Ray Data from fusing it into the model actors.
         .map_batches(decode_files, batch_format="pandas", batch_size=None, fn_kwargs={"fs": fs},
                      num_cpus=cfg.decode_cpus, memory=cfg.decode_memory_mb * 2**20)
