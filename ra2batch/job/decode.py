@@ -47,7 +47,7 @@ def _decode_one(fs: pafs.FileSystem, row: dict[str, Any]) -> dict[str, Any]:
         out["error"] = message.removeprefix(f"{out['path']}: ").splitlines()[0]
         return out
     out.update(status="ok", error=None, width=int(image.width), height=int(image.height),
-               format=str(image.format), bits=int(image.bits), pixels=pack_pixels(image.pixels, one_byte=image.bits <= 8 and image.format != "dicom"))
+               format=str(image.format), bits=int(image.bits), pixels=pack_pixels(image))
     return out
 
 

@@ -8,6 +8,7 @@ replaces that file atomically, so a rerun into the same output replaces it and n
 from __future__ import annotations
 
 import uuid
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,9 @@ import pyarrow.parquet as pq
 
 from ra2batch.catalogue import COLUMNS, ID_COLUMN, TOTAL_COLUMNS
 from ra2batch.storage import Location
+
+if TYPE_CHECKING:
+    from ra2batch.imaging.readers import Radiograph
 
 SCORED_AT = pa.timestamp("us", tz="UTC")
 
@@ -64,17 +68,17 @@ _LEVELS = {np.dtype(np.uint8): (np.arange(2**8) / (2**8 - 1)).astype(np.float32)
            np.dtype(np.uint16): (np.arange(2**16) / (2**16 - 1)).astype(np.float32)}
 
 
-def pack_pixels(pixels: np.ndarray, one_byte: bool) -> bytes:
-    """A decoded radiograph (float32 in [0, 1]) as the bytes that travel from decode to the detector.
+def pack_pixels(image: Radiograph) -> bytes:
+    """A decoded radiograph's pixels (float32 in [0, 1]) as the bytes that travel from decode to the
+    detector.
 
-    One byte a pixel (``one_byte``, for 8-bit JPEG and PNG sources, whose levels are exactly
-    ``level / 255``) or two: a quarter (a half) of float32's traffic through the object store. Exact
-    for 8- and 16-bit JPEG and PNG; a DICOM windowed to [0, 1] comes back within 1/131070 of its
-    decoded value.
+    One byte a pixel for 8-bit JPEG and PNG sources, whose levels are exactly ``level / 255``, else
+    two: a quarter (a half) of float32's traffic through the object store. Exact for 8- and 16-bit
+    JPEG and PNG; a DICOM windowed to [0, 1] comes back within 1/131070 of its decoded value.
     """
-    dtype = np.uint8 if one_byte else np.uint16
+    dtype = np.uint8 if image.bits <= 8 and image.format != "dicom" else np.uint16
     top = np.iinfo(dtype).max
-    return np.rint(np.clip(pixels, 0.0, 1.0) * top).astype(dtype).tobytes()
+    return np.rint(np.clip(image.pixels, 0.0, 1.0) * top).astype(dtype).tobytes()
 
 
 def unpack_pixels(data: memoryview | bytes, height: int, width: int) -> np.ndarray:

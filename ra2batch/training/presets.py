@@ -59,7 +59,6 @@ class JointTraining(BaseModel):
     cache_crops: bool = Field(False, description="keep each worker's crops in its memory after the first "
                               "epoch instead of streaming them again (small datasets, tiny models)")
 
-
     def minutes_for(self, group: str) -> float | None:
         """The wall-clock budget of joint group ``group``, minutes (None: no budget)."""
         return self.group_minutes.get(group, self.max_minutes)
