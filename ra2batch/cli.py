@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
     "synth": ("synth.cli", "generate a synthetic RA2 cohort (radiographs, labels, boxes)"),
     "train": ("training.cli", "train detectors and joint models into a model bundle (Ray Train)"),
     "score": ("job.cli", "score an archive of radiographs into per-patient Parquet (Ray Data)"),
+    "pool": ("job.pool_cli", "start, list and stop warm model pools that jobs on a running cluster share"),
     "evaluate": ("evaluate", "score predictions with the RA2 challenge scorer against the baseline"),
     "query": ("query.cli", "named cohort queries and SQL over scoring outputs"),
     "report": ("report.cli", "static HTML review site with attention overlays"),

@@ -334,6 +334,88 @@ def test_ray_job_submit_scores_s3_archive_on_a_two_node_cluster(ray_cluster, s3_
     assert len(out["predictions"]) == 3 and not out["predictions"].isna().any().any()
 
 
+def test_warm_model_pool_scores_what_the_jobs_own_actors_score(ray_local, tiny_bundle, tmp_path):
+    import os
+    import signal
+    import time
+
+    import ray._private.state as ray_state
+
+    from ra2batch.job import JobConfig, score_archive
+    from ra2batch.job.model_pool import running_pools, start_pool, stop_pools
+    from ra2batch.job.pipeline import JobError
+    from ra2batch.models import load_bundle
+    from ra2batch.storage import resolve
+
+    write_archive(tmp_path / "archive", ["W1", "W2"])
+    (tmp_path / "archive" / "W3-LH.jpg").write_bytes(b"\xff\xd8 truncated")
+    version = load_bundle(tiny_bundle, parts=()).model_version
+    batches = {"detector_batch_size": 3, "scorer_batch_size": 32}
+
+    def run(name: str, **config):
+        summary = score_archive(str(tmp_path / "archive"), str(tmp_path / name), models=tiny_bundle,
+                                config=JobConfig(**batches, **config))
+        return summary, read_outputs(resolve(str(tmp_path / name)))
+
+    cold, cold_out = run("cold", model_pool="job")
+    assert "job actor(s)" in cold.format()
+    pool = start_pool(tiny_bundle, None, version, JobConfig(detector_actors=2, actor_cpus=0.5), progress=lambda m: None)
+    try:
+        assert start_pool(tiny_bundle, None, version, JobConfig(), progress=lambda m: None).names == pool.names
+        assert list(running_pools()) == [version] and pool.describe()["total_cpus"] == 1.0
+        warm, warm_out = run("warm")
+        assert "on the warm model pool (2 actor(s))" in warm.format()
+        assert (warm.files, warm.images_error, warm.joints) == (cold.files, 1, cold.joints) == (9, 1, 2 * 86)
+        for name in ("images", "joints", "patients", "predictions"):
+            a, b = (df.drop(columns=["scored_at", "attention"], errors="ignore") for df in (cold_out[name],
+                                                                                           warm_out[name]))
+            pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(np.concatenate(list(cold_out["joints"]["attention"])),
+                                   np.concatenate(list(warm_out["joints"]["attention"])), rtol=1e-4)
+
+        # a pool actor whose process dies is restarted (models reloaded) and the next job completes
+        pid = next(a["Pid"] for a in ray_state.actors().values()
+                   if a["Name"] == pool.names[0] and a["State"] == "ALIVE")
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
+        again, again_out = run("again", model_pool="warm")
+        assert again.joints == 2 * 86 and len(again_out["images"]) == 9
+        assert any(a["Name"] == pool.names[0] and a["NumRestarts"] >= 1 for a in ray_state.actors().values())
+    finally:
+        stopped = stop_pools()
+    assert sorted(stopped) == sorted(pool.names) and running_pools() == {}
+    with pytest.raises(JobError, match="no warm model pool for model"):
+        run("none", model_pool="warm")
+
+
+def test_warm_model_pool_outlives_the_job_that_started_it(ray_cluster, tiny_bundle, tmp_path):
+    import subprocess
+
+    write_archive(tmp_path / "archive", ["P1", "P2"])
+    repo = Path(__file__).resolve().parent.parent
+
+    def submit(*command: str) -> str:
+        r = subprocess.run([ray_cluster.ray, "job", "submit", "--address", ray_cluster.address, "--working-dir",
+                            str(repo), "--", "python", *command], env=ray_cluster.env, capture_output=True, text=True,
+                           timeout=400)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        return r.stdout
+
+    started = submit("jobs/model_pool.py", "start", "--models", tiny_bundle, "--actors", "2", "--actor-cpus", "0.5")
+    try:
+        assert "model pool for" in started
+        listed = submit("jobs/model_pool.py", "list")
+        assert "2 actor(s) on cpu, 0.5 CPU and 0 GPU each" in listed
+        scored = submit("jobs/score_archive.py", "--input", str(tmp_path / "archive"), "--output",
+                        str(tmp_path / "out"), "--models", tiny_bundle, "--model-pool", "warm")
+        assert "8 ok, 0 in error; 2 patient(s), 172 joint scores" in scored
+        assert "on the warm model pool (2 actor(s))" in scored
+    finally:
+        stopped = submit("jobs/model_pool.py", "stop")
+    assert "stopped 2 model actor(s)" in stopped
+    assert "no warm model pools" in submit("jobs/model_pool.py", "list")
+
+
 def test_cli_errors_are_one_line(tiny_bundle, tmp_path, capsys, monkeypatch):
     from ra2batch.cli import main
     from ra2batch.job import pipeline

@@ -21,6 +21,8 @@ DEMO_COHORT = {"patients": 8, "seed": 7, "scale": 0.4}
 
 
 def _flag_type(annotation) -> type:
+    if typing.get_origin(annotation) is typing.Literal:
+        return annotation
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     return (args[0] if args else annotation)
 
@@ -39,7 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("job settings (override --config; unset ones are sized to the cluster)")
     for name, f in JobConfig.model_fields.items():
         flag, kind = f"--{name.replace('_', '-')}", _flag_type(f.annotation)
-        if kind is bool:  # --tta / --no-tta: "--tta false" would be true to argparse's bool()
+        if typing.get_origin(kind) is typing.Literal:
+            g.add_argument(flag, dest=name, choices=typing.get_args(kind), default=None, help=f.description)
+        elif kind is bool:  # --tta / --no-tta: "--tta false" would be true to argparse's bool()
             g.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=f.description)
         else:
             g.add_argument(flag, dest=name, type=kind, default=None, metavar="N", help=f.description)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,6 +19,10 @@ class JobConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    model_pool: Literal["auto", "warm", "job"] = Field(
+        "auto", description="auto: score on the cluster's warm model pool for this bundle when one runs "
+        "(`ra2batch pool start`; no model start-up in the job), else start the job's own model actors; "
+        "warm: require such a pool; job: always the job's own actors")
     files_per_decode_task: int = Field(8, ge=1, description="files read and decoded by one CPU task")
     decode_cpus: float | None = Field(None, gt=0, description="CPUs reserved by each decode task")
     decode_memory_mb: int = Field(512, ge=1, description="memory reserved by each decode task (MiB)")

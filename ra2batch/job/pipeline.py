@@ -3,6 +3,9 @@
     list files (driver) -> read + decode (CPU tasks) -> Detector actors (one row per crop)
       -> JointScorer actors (one row per joint) -> driver: per-patient assembly -> write tables
 
+On a cluster that runs a warm model pool for the job's bundle (``model_pool.py``), the decoded
+blocks go to the pool's actors instead, and the job starts no model actors of its own.
+
 Decode and inference are separate stages, so the model actors never wait on JPEG or DICOM decoding,
 and files that fail to decode flow past the models as error rows. Only file metadata and joint rows
 (about 86 per patient, no pixels) reach the driver.
@@ -20,7 +23,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import pandas as pd
 import pyarrow as pa
@@ -32,6 +35,7 @@ from ra2batch.job.assemble import assemble_patients, choose_images, fill_predict
 from ra2batch.job.config import JobConfig
 from ra2batch.job.inputs import list_inputs
 from ra2batch.job.decode import decode_files
+from ra2batch.job.model_pool import Pool, running_pools, score_on_pool, unreserved
 from ra2batch.job.predictors import DetectAndScore, Detector, JointScorer, ModelSource
 from ra2batch.job.tables import IMAGES, JOINTS, STREAM, write_table
 from ra2batch.models import BundleError, load_bundle
@@ -62,6 +66,7 @@ class JobSummary:
     duplicates: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     ignored_files: int = 0
+    model_actors: str = ""
 
     @property
     def images_per_second(self) -> float:
@@ -72,7 +77,7 @@ class JobSummary:
             f"scored {self.files} radiograph file(s) from {self.input}: {self.images_ok} ok, "
             f"{self.images_error} in error; {self.patients} patient(s), {self.joints} joint scores",
             f"{self.seconds:.1f} s, {self.images_per_second:.2f} radiographs/s on {self.cluster}, "
-            f"model {self.model_version}",
+            f"model {self.model_version}" + (f" on {self.model_actors}" if self.model_actors else ""),
         ]
         if not self.files:
             lines.append("no radiograph files found: the job looks for *.jpg, *.jpeg, *.png, *.dcm and *.dicom "
@@ -106,9 +111,26 @@ def connect() -> None:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
 
 
+def decode_dataset(files: pd.DataFrame, fs: Any, cfg: JobConfig) -> ray.data.Dataset:
+    """The listed ``files`` read and decoded by CPU tasks (``cfg`` resolved): ``STREAM`` rows with pixels."""
+    return (
+        # from_items describes its blocks on the driver; from_pandas runs a task per block to do so.
+        ray.data.from_items(files.astype(object).where(files.notna(), None).to_dict("records"),
+                            override_num_blocks=-(-len(files) // cfg.files_per_decode_task))
+        # Decode's own memory reservation also keeps Ray Data from fusing it into the model actors.
+        .map_batches(decode_files, batch_format="pandas", batch_size=None, fn_kwargs={"fs": fs},
+                     num_cpus=cfg.decode_cpus, memory=cfg.decode_memory_mb * 2**20)
+    )
+
+
+def _scoring_options(cfg: JobConfig) -> dict[str, Any]:
+    return {"tta": cfg.tta, "review_threshold": cfg.review_threshold}
+
+
 def build_dataset(files: pd.DataFrame, fs: Any, models: str, model_options: dict[str, Any] | None,
                   cfg: JobConfig) -> ray.data.Dataset:
-    """The streaming pipeline over the listed ``files`` (``cfg`` resolved); yields ``STREAM`` rows."""
+    """The streaming pipeline over the listed ``files`` with the job's own model actors (``cfg``
+    resolved); yields ``STREAM`` rows without pixels."""
     def actors(n: int | None, gpus: float | None) -> dict[str, Any]:
         return {
             "compute": ray.data.ActorPoolStrategy(size=n), "num_cpus": cfg.actor_cpus,
@@ -118,15 +140,8 @@ def build_dataset(files: pd.DataFrame, fs: Any, models: str, model_options: dict
     def source(gpus: float | None) -> ModelSource:
         return ModelSource(models, model_options, cfg.torch_threads or 1, bool(gpus))
 
-    scoring = {"tta": cfg.tta, "review_threshold": cfg.review_threshold}
-    decoded = (
-        # from_items describes its blocks on the driver; from_pandas runs a task per block to do so.
-        ray.data.from_items(files.astype(object).where(files.notna(), None).to_dict("records"),
-                            override_num_blocks=-(-len(files) // cfg.files_per_decode_task))
-        # Decode's own memory reservation also keeps Ray Data from fusing it into the model actors.
-        .map_batches(decode_files, batch_format="pandas", batch_size=None, fn_kwargs={"fs": fs},
-                     num_cpus=cfg.decode_cpus, memory=cfg.decode_memory_mb * 2**20)
-    )
+    scoring = _scoring_options(cfg)
+    decoded = decode_dataset(files, fs, cfg)
     if cfg.fuse_models:
         return decoded.map_batches(
             DetectAndScore, batch_format="pyarrow", batch_size=cfg.detector_batch_size,
@@ -145,12 +160,40 @@ def build_dataset(files: pd.DataFrame, fs: Any, models: str, model_options: dict
     )
 
 
-def _collect(ds: ray.data.Dataset | None) -> pa.Table:
+def _collect(parts: Iterator[pa.Table]) -> pa.Table:
     """All rows the pipeline yields, with the crop pixels already dropped by the scorer."""
-    if ds is None:
-        return STREAM.empty_table()
-    parts = [b.cast(STREAM) for b in ds.iter_batches(batch_format="pyarrow", batch_size=None)]
+    parts = [b.cast(STREAM) for b in parts]
     return pa.concat_tables(parts) if parts else STREAM.empty_table()
+
+
+def _score(files: pd.DataFrame, fs: Any, models: str, model_options: dict[str, Any] | None, cfg: JobConfig,
+           pool: Pool | None) -> pa.Table:
+    """Every ``STREAM`` row of the scored ``files``, on the warm ``pool`` or on the job's own actors."""
+    if not len(files):
+        return STREAM.empty_table()
+    if pool is not None:
+        options = {"detector_batch_size": cfg.detector_batch_size, "scorer_batch_size": cfg.scorer_batch_size,
+                   **_scoring_options(cfg)}
+        return _collect(score_on_pool(decode_dataset(files, fs, cfg), pool, options))
+    dataset = build_dataset(files, fs, models, model_options, cfg)
+    return _collect(dataset.iter_batches(batch_format="pyarrow", batch_size=None))
+
+
+def _choose_pool(mode: str, version: str) -> tuple[Pool | None, dict[str, float]]:
+    """The warm pool this job uses (``None``: its own actors) and the cluster resources left to the
+    job's own stages once every other pool's reservation is taken off."""
+    pools = running_pools()
+    pool = pools.get(version) if mode != "job" else None
+    if mode == "warm" and pool is None:
+        others = f" (running: pools for model {', '.join(sorted(pools))})" if pools else ""
+        raise JobError(f"--model-pool warm: this cluster runs no warm model pool for model {version}{others}; "
+                       "start one with `ra2batch pool start --models URI` or use --model-pool auto")
+    resources = unreserved(ray.cluster_resources(), [p for p in pools.values() if p is not pool])
+    if pool is None and resources.get("CPU", 0.0) < 1.0:
+        raise JobError(f"warm model pools (model {', '.join(sorted(pools))}) hold this cluster's CPUs, leaving "
+                       f"{resources.get('CPU', 0.0):g} for this job's own model actors; score on a pool (its bundle "
+                       "and --model-pool auto) or stop it with `ra2batch pool stop`")
+    return pool, resources
 
 
 def score_archive(
@@ -175,13 +218,14 @@ def score_archive(
     except (FileNotFoundError, ValueError) as e:
         raise JobError(str(e)) from e
     connect()
-    resources = ray.cluster_resources()
-    cfg = (config or JobConfig()).resolved(resources)
+    config = config or JobConfig()
+    pool, resources = _choose_pool(config.model_pool, bundle.model_version)
+    cfg = config.resolved(resources)
     scored_at = dt.datetime.now(dt.timezone.utc)
     files = listing.files
     fs = resolve(input, storage_options).fs
-    dataset = build_dataset(files, fs, models, model_options, cfg) if len(files) else None
-    images, joints, patients, predictions, duplicates = _assemble(_collect(dataset), bundle.label_medians)
+    stream = _score(files, fs, models, model_options, cfg, pool)
+    images, joints, patients, predictions, duplicates = _assemble(stream, bundle.label_medians)
 
     out = resolve(output, storage_options)
     run = {"model_version": bundle.model_version, "scored_at": scored_at}
@@ -196,8 +240,10 @@ def score_archive(
     return JobSummary(
         input=input, output=output, files=len(files), images_ok=len(images) - len(errors), images_error=len(errors),
         patients=len(patients), joints=joints.num_rows, seconds=time.perf_counter() - started,
-        model_version=bundle.model_version, cluster=_describe(resources), outputs=outputs, duplicates=duplicates,
+        model_version=bundle.model_version, cluster=_describe(ray.cluster_resources()), outputs=outputs, duplicates=duplicates,
         errors=[f"{p}: {m}" for p, m in zip(errors["path"], errors["error"])], ignored_files=listing.ignored,
+        model_actors=(f"the warm model pool ({len(pool.names)} actor(s))" if pool else
+                      f"{cfg.detector_actors + (0 if cfg.fuse_models else cfg.scorer_actors)} job actor(s)"),
     )
 
 

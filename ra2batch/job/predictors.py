@@ -30,11 +30,15 @@ class ModelSource:
     torch_threads: int = 1
     use_gpu: bool = False
 
+    @property
+    def device(self) -> str:
+        """Where the models run: the GPU when asked for and present."""
+        return "cuda" if self.use_gpu and torch.cuda.is_available() else "cpu"
+
     def load(self, parts: Collection[str]) -> ModelBundle:
-        """The bundle's ``parts`` only, on the GPU when asked for and present."""
+        """The bundle's ``parts`` only, on :attr:`device`."""
         torch.set_num_threads(self.torch_threads)
-        device = "cuda" if self.use_gpu and torch.cuda.is_available() else "cpu"
-        return load_bundle(self.models, storage_options=self.storage_options, parts=parts).to(device)
+        return load_bundle(self.models, storage_options=self.storage_options, parts=parts).to(self.device)
 
 
 class Detector:
@@ -157,9 +161,9 @@ class DetectAndScore:
     gets its own share of the GPU and its own batch size.
     """
 
-    def __init__(self, source: ModelSource, detector_batch_size: int = 4, scorer_batch_size: int = 64,
+    def __init__(self, source: ModelSource | ModelBundle, detector_batch_size: int = 4, scorer_batch_size: int = 64,
                  tta: bool = True, review_threshold: float = 0.5):
-        bundle = source.load(["detectors", "joint_models"])
+        bundle = source if isinstance(source, ModelBundle) else source.load(["detectors", "joint_models"])
         self.detector = Detector(bundle, detector_batch_size)
         self.scorer = JointScorer(bundle, scorer_batch_size, tta, review_threshold)
 

@@ -1,0 +1,84 @@
+"""``ra2batch pool`` and ``jobs/model_pool.py``: start, list and stop warm model pools on a running cluster.
+
+    ra2batch pool start --models s3://models/v3     # the actors load the bundle once
+    ra2batch score --input ... --output ...          # every later job with that bundle uses them
+    ra2batch pool stop                               # give their CPUs/GPUs back
+
+Needs a cluster that outlives the command (``ray start --head``, or ``RAY_ADDRESS``): a pool in a
+Ray started by the command itself would die with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=("start", "list", "stop"),
+                   help="start: load a bundle into detached model actors; list: the running pools; "
+                   "stop: kill pools (all, or --model-version's)")
+    p.add_argument("--models", metavar="URI", help="start: model bundle, folder or s3://; default: the built-in "
+                   "demo bundle")
+    p.add_argument("--storage-options", type=json.loads, default=None, metavar="JSON",
+                   help='extra S3 settings for the bundle, e.g. \'{"endpoint_url": "http://127.0.0.1:9000"}\'')
+    p.add_argument("--model-version", metavar="HASH", help="stop: only the pool of this model version")
+    g = p.add_argument_group("pool size (start; unset ones are sized like the scoring job's model actors)")
+    g.add_argument("--actors", type=int, metavar="N", help="model actors (fused detector + joint models)")
+    g.add_argument("--actor-cpus", type=float, metavar="N", help="CPUs reserved by each actor")
+    g.add_argument("--actor-gpus", type=float, metavar="N", help="GPUs reserved by each actor (fractions allowed)")
+    g.add_argument("--torch-threads", type=int, metavar="N", help="intra-op threads of each actor")
+
+
+def _connect() -> None:
+    """Join the running cluster (``RAY_ADDRESS``, else the local one ``ray start`` left)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "auto", log_to_driver=False)
+
+
+def _config(args: argparse.Namespace):
+    from ra2batch.job.config import JobConfig
+
+    gpu = {"fuse_models": True, "detector_gpus": args.actor_gpus} if args.actor_gpus is not None else {}
+    return JobConfig(detector_actors=args.actors, actor_cpus=args.actor_cpus, torch_threads=args.torch_threads,
+                     **gpu)
+
+
+def main(args: argparse.Namespace) -> int:
+    from ra2batch.job import model_pool
+    from ra2batch.job.pipeline import JobError, load_models
+
+    try:
+        config = _config(args)
+        bundle, uri, options = load_models(args.models, args.storage_options) if args.action == "start" else (
+            None, None, None)
+        _connect()
+    except ConnectionError as e:
+        print(f"ra2batch pool: error: no running Ray cluster to hold the pool ({str(e).splitlines()[0]}); start "
+              "one with `ray start --head` or set RAY_ADDRESS", file=sys.stderr)
+        return 1
+    except (JobError, ValueError) as e:
+        print(f"ra2batch pool: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
+    if args.action == "start":
+        model_pool.start_pool(uri, options, bundle.model_version, config,
+                              progress=lambda m: print(m, file=sys.stderr, flush=True))
+        print(f"model pool for {bundle.model_version} running; jobs scoring with this bundle use it "
+              "(--model-pool auto, the default)")
+    elif args.action == "list":
+        pools = model_pool.running_pools()
+        if not pools:
+            print("no warm model pools on this cluster")
+        for version, pool in sorted(pools.items()):
+            info = pool.describe()
+            print(f"{version}: {info['actors']} actor(s) on {info['device']}, {info['cpus']:g} CPU and "
+                  f"{info['gpus']:g} GPU each, models {info['models']}")
+    else:
+        stopped = model_pool.stop_pools(args.model_version)
+        print(f"stopped {len(stopped)} model actor(s)" + (f": {', '.join(stopped)}" if stopped else
+              (f" (no pool for model {args.model_version})" if args.model_version else " (no pools running)")))
+    return 0
