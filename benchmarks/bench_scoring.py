@@ -3,7 +3,9 @@
     .venv/bin/python benchmarks/bench_scoring.py --patients 50 --results-md
 
 Runs, each in a fresh process whose whole process tree is sampled for memory (and the GPUs, if any):
-naive and bound on ``N`` patients, the Ray Data job on ``N`` and on ``4N`` patients. Prints a table,
+naive and bound on ``N`` patients, the Ray Data job on ``N`` and on ``4N`` patients, once on a
+cluster with a warm model pool (started with the cluster, as on a standing cluster) and once with the
+job's own model actors (a cluster without a pool: the job pays their start-up). Prints a table,
 writes the figures as JSON (``--json``) and, with ``--results-md``, benchmarks/RESULTS.md.
 """
 
@@ -39,6 +41,8 @@ NUMERIC_KNOBS = ("files_per_decode_task", "detector_actors", "detector_batch_siz
                  "scorer_batch_size", "scorer_gpus", "actor_cpus", "torch_threads")
 JOB_KNOBS = (*NUMERIC_KNOBS, "tta", "fuse_models")
 GPU_TARGET = 250.0  # radiographs per second per H100, paper preset
+#: --model-pool value -> the job variants run: (name, JobConfig.model_pool)
+VARIANTS = {"warm": ("warm", "warm"), "job": ("cold", "job")}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -71,6 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.add_argument(f"--{knob.replace('_', '-')}", type=kind, help=f"JobConfig.{knob}")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="JobConfig.tta: score every crop and its mirror (all runs follow it; default: the job's)")
+    p.add_argument("--model-pool", choices=("both", "warm", "job"), default="both",
+                   help="job runs: on a warm model pool started with the cluster (warm), with the job's own model "
+                   "actors (job), or both (default)")
     p.add_argument("--fuse-models", action=argparse.BooleanOptionalAction, default=None,
                    help="JobConfig.fuse_models: one actor pool detects and scores (default: the job's, on without GPUs)")
     args = p.parse_args(argv)
@@ -97,9 +104,8 @@ def _profiler(out: Path) -> list[str]:
     return [exe, "record", "--subprocesses", "--nonblocking", "--rate", "50", "--output", str(out), "--"]
 
 
-def measure(spec: Spec, scratch: Path, interval: float, profile: Path | None = None) -> dict[str, Any]:
+def measure(spec: Spec, name: str, scratch: Path, interval: float, profile: Path | None = None) -> dict[str, Any]:
     """Run ``spec`` in a fresh process; its figures plus peak memory and GPU use over its measured phase."""
-    name = f"{spec.kind}-{len(spec.files)}"
     spec_file, result_file, log = (scratch / f"{name}.{ext}" for ext in ("spec", "json", "log"))
     spec_file.write_text(json.dumps(asdict(spec)))
     command = [sys.executable, str(HERE / "workloads.py"), str(spec_file), str(result_file)]
@@ -132,9 +138,10 @@ def _warm_page_cache(files: list[str]) -> None:
         Path(f).read_bytes()
 
 
-def targets(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The issue's ratios with their targets (set for a 2-core CPU, the demo bundle and N = 50)."""
-    job, job4, naive, bound = runs["job"], runs["job_4n"], runs["naive"], runs["bound"]
+def targets(runs: dict[str, dict[str, Any]], variant: str) -> dict[str, dict[str, Any]]:
+    """The issue's ratios with their targets (set for a 2-core CPU, the demo bundle and N = 50) for
+    the job runs of ``variant`` (``warm`` or ``cold``)."""
+    job, job4, naive, bound = runs[f"job_{variant}"], runs[f"job_{variant}_4n"], runs["naive"], runs["bound"]
     speedup = job["radiographs_per_second"] / naive["radiographs_per_second"]
     over_bound = job["wall_s"] / bound["wall_s"]
     memory = job4["peak_memory_bytes"] / job["peak_memory_bytes"]
@@ -154,8 +161,8 @@ def steady_throughput(run: dict[str, Any]) -> float | None:
     return run["radiographs"] / (run["wall_s"] - up) if up is not None and run["wall_s"] > up else None
 
 
-def _gpu_target(job: dict[str, Any]) -> dict[str, Any] | None:
-    if not job["gpus"]:
+def _gpu_target(job: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not job or not job["gpus"]:
         return None
     per_gpu = job["radiographs_per_second"] / job["gpus"]
     return {"value": per_gpu, "target": f">= {GPU_TARGET:g} radiographs/s per H100 (paper preset)",
@@ -180,17 +187,24 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                   scorer_batch_size=job_config.scorer_batch_size, tta=job_config.tta)
     files, files_4n = archive.files(n), archive.files(4 * n)
     _warm_page_cache(files_4n)
-    plan = {"naive": (files, n), "bound": (files, n), "job": (files, n), "job_4n": (files_4n, 4 * n)}
+    variants = [VARIANTS[v] for v in (("warm", "job") if args.model_pool == "both" else (args.model_pool,))]
+    plan = {"naive": ("naive", files, n, {}), "bound": ("bound", files, n, {})}
+    for name, pool in variants:
+        plan[f"job_{name}"] = ("job", files, n, {"model_pool": pool})
+        plan[f"job_{name}_4n"] = ("job", files_4n, 4 * n, {"model_pool": pool})
     runs: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="ra2bench-") as scratch:
-        for key, (these, patients) in plan.items():
+        for key, (kind, these, patients, pool) in plan.items():
             print(f"{key}: {len(these)} radiographs ...", flush=True)
-            spec = Spec(kind=key.removesuffix("_4n"), files=these, **common)
-            runs[key] = {"patients": patients, **measure(spec, Path(scratch), args.sample_interval, args.profile)}
-    job, checked = runs["job"], targets(runs)
-    if not runs["naive"]["joints"] == runs["bound"]["joints"] == job["joints"]:
-        print(f"warning: the runs scored different numbers of joints (naive {runs['naive']['joints']}, bound "
-              f"{runs['bound']['joints']}, job {job['joints']}): they did not do the same work", file=sys.stderr)
+            spec = Spec(kind=kind, files=these, **{**common, "job_config": {**knobs, **pool}})
+            runs[key] = {"patients": patients,
+                         **measure(spec, key, Path(scratch), args.sample_interval, args.profile)}
+    checked = {name: targets(runs, name) for name, _ in variants}
+    job = runs[f"job_{variants[0][0]}"]
+    if len({runs[k]["joints"] for k in ("naive", "bound", *(f"job_{v}" for v, _ in variants))}) > 1:
+        print(f"warning: the runs scored different numbers of joints ("
+              + ", ".join(f"{k} {r['joints']}" for k, r in runs.items() if not k.endswith("_4n"))
+              + "): they did not do the same work", file=sys.stderr)
     return {
         "command": shlex.join([sys.executable, *sys.argv]),
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -204,14 +218,13 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "sample_interval_s": args.sample_interval,
         "profiled": bool(args.profile),
         "runs": runs,
-        "ratios": {k: v["value"] for k, v in checked.items()},
+        "variants": [name for name, _ in variants],
+        "ratios": {name: {k: v["value"] for k, v in t.items()} for name, t in checked.items()},
         "targets": checked,
-        "gpu_utilisation": job["gpu_utilisation"],
-        "gpu_target": _gpu_target(job),
-        "startup_s": {"job": job["startup_s"], "job_4n": runs["job_4n"]["startup_s"]},
-        "steady_throughput": ({"job": steady, "job_4n": steady_4n}
-                              if (steady := steady_throughput(job)) and (steady_4n := steady_throughput(runs["job_4n"]))
-                              else None),
+        "gpu_utilisation": {k: r["gpu_utilisation"] for k, r in runs.items() if k.startswith("job")},
+        "gpu_target": {name: _gpu_target(runs[f"job_{name}"]) for name, _ in variants},
+        "startup_s": {k: r["startup_s"] for k, r in runs.items() if k.startswith("job")},
+        "steady_throughput": {k: steady_throughput(r) for k, r in runs.items() if k.startswith("job")},
     }
 
 

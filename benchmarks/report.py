@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 GIB = 2**30
-RUN_LABELS = {"naive": "naive serial loop", "bound": "serial bound", "job": "Ray Data job", "job_4n": "Ray Data job"}
+RUN_LABELS = {"naive": "naive serial loop", "bound": "serial bound", "job_warm": "Ray Data job, warm model pool",
+              "job_cold": "Ray Data job, its own model actors"}
+VARIANT_LABELS = {"warm": "warm model pool", "cold": "job's own actors"}
 
 
 def machine() -> dict[str, Any]:
@@ -34,7 +36,7 @@ def _gpu_text(value: Any) -> str:
 def _run_rows(result: dict[str, Any]) -> list[list[str]]:
     rows = []
     for key, run in result["runs"].items():
-        rows.append([f"{RUN_LABELS[key]}", str(run["patients"]), str(run["radiographs"]), f"{run['wall_s']:.1f}",
+        rows.append([f"{RUN_LABELS[key.removesuffix('_4n')]}", str(run["patients"]), str(run["radiographs"]), f"{run['wall_s']:.1f}",
                      f"{run['radiographs_per_second']:.2f}", f"{run['peak_memory_bytes'] / GIB:.2f}",
                      str(run["peak_memory_processes"])])
     return rows
@@ -44,11 +46,14 @@ RUN_HEADER = ["run", "patients", "radiographs", "wall s", "radiographs/s", "peak
 
 
 def _ratio_rows(result: dict[str, Any]) -> list[list[str]]:
-    return [[name, f"{t['value']:.3f}", t["target"], "yes" if t["met"] else "NO"]
-            for name, t in result["targets"].items()]
+    first = result["targets"][result["variants"][0]]
+    return [[name, first[name]["target"], *(cell for v in result["variants"] for cell in (
+        f"{result['targets'][v][name]['value']:.3f}", "yes" if result["targets"][v][name]["met"] else "NO"))]
+            for name in first]
 
 
-RATIO_HEADER = ["ratio", "value", "target", "met"]
+def _ratio_header(result: dict[str, Any]) -> list[str]:
+    return ["ratio", "target", *(cell for v in result["variants"] for cell in (VARIANT_LABELS[v], "met"))]
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -63,15 +68,23 @@ def _stages(run: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v:.2f} s (CPU {cpu.get(k, float('nan')):.2f} s)" for k, v in run.get("stages", {}).items())
 
 
-def _steady(result: dict[str, Any]) -> str:
-    """The job's fixed start-up and its rate without it (not a target; says where the 4N/N ratio comes from)."""
-    job, job4 = result["runs"]["job"], result["runs"]["job_4n"]
-    if result.get("steady_throughput") is None:
-        return "job start-up (until the first model task): not found in Ray Data's log"
-    n, n4 = result["steady_throughput"]["job"], result["steady_throughput"]["job_4n"]
-    return (f"job start-up inside the wall time (driver, Ray Data, model actors importing torch and loading "
-            f"their models, until the first model task): N {job['models_up_s']:.1f} s, 4N {job4['models_up_s']:.1f} s; "
-            f"radiographs/s from then on: N {n:.2f}, 4N {n4:.2f} (4N / N {n4 / n:.3f})")
+def _startup(result: dict[str, Any], variant: str) -> str:
+    """The cluster's start-up (excluded) and, for the job's own actors, the job's fixed start-up inside
+    its wall time and its rate without it (not a target; says where the 4N/N ratio comes from)."""
+    job, job4 = result["runs"][f"job_{variant}"], result["runs"][f"job_{variant}_4n"]
+    text = (f"{VARIANT_LABELS[variant]}: Ray cluster start-up (ray.init and the cluster's first dataset, which creates "
+            f"Ray Data's session actors, until the new cluster is quiet"
+            + (", and the warm model pool" if variant == "warm" else "") + "; excluded from the job figures): "
+            f"N {job['startup_s']:.1f} s, 4N {job4['startup_s']:.1f} s")
+    if variant == "warm":
+        return text + f"; of which the pool's start: N {job['pool_s']:.1f} s, 4N {job4['pool_s']:.1f} s"
+    n, n4 = (result["steady_throughput"].get(k) for k in ("job_cold", "job_cold_4n"))
+    if not n or not n4:
+        return text + "; job start-up (until the first model task): not found in Ray Data's log"
+    return text + (f"; job start-up inside the wall time (driver, Ray Data, model actors importing torch and loading "
+                   f"their models, until the first model task): N {job['models_up_s']:.1f} s, "
+                   f"4N {job4['models_up_s']:.1f} s; radiographs/s from then on: N {n:.2f}, 4N {n4:.2f} "
+                   f"(4N / N {n4 / n:.3f})")
 
 
 def _notes(result: dict[str, Any]) -> list[str]:
@@ -80,14 +93,11 @@ def _notes(result: dict[str, Any]) -> list[str]:
         f"bundle: {result['bundle']['description']} ({result['bundle']['model_version']})",
         f"archive: {result['archive']['patients']} synthetic patients, JPEG, scale {result['archive']['scale']:g} "
         f"(long side {result['archive']['long_side_px'][0]}-{result['archive']['long_side_px'][1]} px)",
-        f"Ray cluster start-up (ray.init and the cluster's first dataset, which creates Ray Data's session actors, "
-        f"until the new cluster is quiet; excluded from the job figures): "
-        f"N {runs['job']['startup_s']:.1f} s, 4N {runs['job_4n']['startup_s']:.1f} s",
-        _steady(result),
-        f"GPU utilisation during the job: N {_gpu_text(runs['job']['gpu_utilisation'])}; "
-        f"4N {_gpu_text(runs['job_4n']['gpu_utilisation'])}",
-        f"joint scores per run (all must match at N): naive {runs['naive']['joints']}, bound "
-        f"{runs['bound']['joints']}, job {runs['job']['joints']}; job 4N {runs['job_4n']['joints']}",
+        *(_startup(result, v) for v in result["variants"]),
+        "GPU utilisation during the job: " + "; ".join(f"{k} {_gpu_text(r['gpu_utilisation'])}" for k, r in runs.items()
+                                                       if k.startswith("job")),
+        "joint scores per run (all must match at N, and at 4N): "
+        + ", ".join(f"{k} {r['joints']}" for k, r in runs.items()),
         f"naive and bound: {runs['naive']['spec']['threads']} torch thread(s) on {runs['naive']['spec']['device']}; "
         f"test-time augmentation {'on' if runs['naive']['spec']['tta'] else 'off'} in every run",
         f"naive stages: {_stages(runs['naive'])} (model loading {runs['naive']['load_s']:.1f} s, excluded)",
@@ -96,7 +106,7 @@ def _notes(result: dict[str, Any]) -> list[str]:
         f"memory: {result['memory_measure']} summed over the run's whole process tree, sampled every "
         f"{result['sample_interval_s']:g} s",
     ]
-    for key in ("job", "job_4n"):
+    for key in (k for k in runs if k.startswith("job")):
         ops = runs[key].get("operators", {})
         notes.append(f"{key} Ray Data operators (UDF seconds summed over tasks; delay to first task): " + "; ".join(
             f"{op} {s.get('udf_s', 0):.1f} s, first after {s.get('first_task_after_s', float('nan')):.1f} s"
@@ -106,15 +116,15 @@ def _notes(result: dict[str, Any]) -> list[str]:
     if result.get("profiled"):
         notes.insert(0, "PROFILED with py-spy (--profile): every timing is inflated; use these figures only to "
                         "see where the time goes")
-    if result.get("gpu_target"):
-        g = result["gpu_target"]
-        notes.append(f"GPU: {g['value']:.1f} radiographs/s per GPU (target {g['target']}: "
-                     f"{'met' if g['met'] else 'NOT met'})")
+    for variant, g in (result.get("gpu_target") or {}).items():
+        if g:
+            notes.append(f"GPU, {VARIANT_LABELS[variant]}: {g['value']:.1f} radiographs/s per GPU (target "
+                         f"{g['target']}: {'met' if g['met'] else 'NOT met'})")
     return notes
 
 
 def format_console(result: dict[str, Any]) -> str:
-    return "\n\n".join([_table(RUN_HEADER, _run_rows(result)), _table(RATIO_HEADER, _ratio_rows(result)),
+    return "\n\n".join([_table(RUN_HEADER, _run_rows(result)), _table(_ratio_header(result), _ratio_rows(result)),
                         "\n".join(_notes(result))])
 
 
@@ -166,7 +176,7 @@ def results_markdown(result: dict[str, Any]) -> str:
         "",
         "## Ratios and targets",
         "",
-        _md_table(RATIO_HEADER, _ratio_rows(result)),
+        _md_table(_ratio_header(result), _ratio_rows(result)),
         "",
         "## Notes",
         "",

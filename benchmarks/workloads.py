@@ -13,9 +13,11 @@ written to ``RESULT`` as JSON.
   wall = decode + detect + crop + score.
 - ``job``: ``ra2batch.job.pipeline.score_archive`` on a Ray cluster started here; the cluster's
   start-up (``ray.init`` and the cluster's first dataset, which creates Ray Data's session actors that
-  a running cluster keeps, until it goes quiet) is timed apart (``startup_s``), while the job's own
-  start-up (driver reading the bundle, actors starting and loading their models) is part of its wall
-  time, as it is for every real run.
+  a running cluster keeps, until it goes quiet) is timed apart (``startup_s``). With
+  ``job_config["model_pool"] == "warm"`` the cluster's start-up also starts a warm model pool
+  (``pool_s``, included in ``startup_s``) and the job scores on it, as every job after the first on a
+  standing cluster with a pool does; otherwise the job starts its own model actors, and their start-up
+  (torch import, model load) is part of its wall time, as it is for a job on a cluster without a pool.
 """
 
 from __future__ import annotations
@@ -187,9 +189,10 @@ def run_job(spec: Spec) -> dict[str, Any]:
         ray.init(num_cpus=spec.cpus, include_dashboard=False, _temp_dir=str(scratch / "ray"), log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         _first_dataset()
+        config = JobConfig(**spec.job_config)
+        pool_s = _start_pool(spec.models, config) if config.model_pool == "warm" else None
         wait_until_idle(os.getpid())  # start-up ends when the new cluster has gone quiet, as a running one is
         startup_s = time.perf_counter() - t
-        config = JobConfig(**spec.job_config)
         start = time.time()
         summary = score_archive(spec.input, str(scratch / "out"), models=spec.models, config=config,
                                 paths=spec.files)
@@ -204,12 +207,24 @@ def run_job(spec: Spec) -> dict[str, Any]:
     model_ops = [s["first_task_after_s"] for op, s in operators.items()
                  if "first_task_after_s" in s and not op.startswith("MapBatches(decode")]
     models_up_s = plan_at + min(model_ops) - start if model_ops and plan_at else None
-    return {"wall_s": end - start, "phase": [start, end], "startup_s": startup_s, "operators": operators,
+    return {"wall_s": end - start, "phase": [start, end], "startup_s": startup_s, "pool_s": pool_s,
+            "model_pool": config.model_pool, "model_actors": summary.model_actors, "operators": operators,
             "models_up_s": models_up_s,
             "radiographs": summary.files, "images_ok": summary.images_ok, "images_error": summary.images_error,
             "joints": summary.joints, "patients": summary.patients, "model_version": summary.model_version,
             "cluster": summary.cluster, "config": resolved, "gpus": resources.get("GPU", 0.0),
             "errors": summary.errors[:3]}
+
+
+def _start_pool(models: str, config) -> float:
+    """Start the warm model pool the job will use (part of the cluster's start-up); its seconds."""
+    from ra2batch.job.model_pool import start_pool
+    from ra2batch.job.pipeline import load_models
+
+    t = time.perf_counter()
+    bundle, uri, options = load_models(models, None)
+    start_pool(uri, options, bundle.model_version, config, progress=lambda message: None)
+    return time.perf_counter() - t
 
 
 class _Passthrough:

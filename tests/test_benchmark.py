@@ -30,24 +30,33 @@ def test_benchmark_reports_every_figure(tmp_path, tiny_bundle):
 
     result = json.loads(figures.read_text())
     runs = result["runs"]
-    assert set(runs) == {"naive", "bound", "job", "job_4n"}
+    jobs = ("job_warm", "job_warm_4n", "job_cold", "job_cold_4n")
+    assert set(runs) == {"naive", "bound", *jobs}
     for name, run in runs.items():
         for figure in ("radiographs_per_second", "wall_s", "peak_memory_bytes"):
             assert _positive(run[figure]), (name, figure, run[figure])
-    assert [runs[k]["radiographs"] for k in ("naive", "bound", "job", "job_4n")] == [4, 4, 4, 16]
+    assert [runs[k]["radiographs"] for k in ("naive", "bound", *jobs)] == [4, 4, 4, 16, 4, 16]
     # Every run did the same work: each joint model output once per joint found.
-    assert runs["naive"]["joints"] == runs["bound"]["joints"] == runs["job"]["joints"] > 0
-    assert runs["job"]["peak_memory_processes"] > 1  # Ray's processes are counted, not only the driver
-    assert all(_positive(result["startup_s"][k]) for k in ("job", "job_4n"))
-    # the job's own start-up (until its first model task) and its rate from then on
-    assert all(0 < runs[k]["models_up_s"] < runs[k]["wall_s"] for k in ("job", "job_4n"))
-    assert all(_positive(result["steady_throughput"][k]) for k in ("job", "job_4n"))
-    assert set(result["ratios"]) == set(result["targets"]) and len(result["ratios"]) == 4
-    assert all(_positive(v) for v in result["ratios"].values())
-    assert result["gpu_utilisation"] == "n/a (no GPU)" or "mean" in result["gpu_utilisation"]
+    assert runs["naive"]["joints"] == runs["bound"]["joints"] == runs["job_warm"]["joints"] == runs["job_cold"]["joints"]
+    assert runs["job_warm_4n"]["joints"] == runs["job_cold_4n"]["joints"] > runs["naive"]["joints"] > 0
+    # the warm runs scored on the pool started with their cluster; the cold ones started their own actors
+    assert all("warm model pool" in runs[k]["model_actors"] for k in jobs[:2])
+    assert all("job actor(s)" in runs[k]["model_actors"] for k in jobs[2:])
+    assert all(0 < runs[k]["pool_s"] < runs[k]["startup_s"] for k in jobs[:2])
+    assert all(runs[k]["peak_memory_processes"] > 1 for k in jobs)  # Ray's processes count, not only the driver
+    assert all(_positive(result["startup_s"][k]) for k in jobs)
+    # the cold job's own start-up (until its first model task) and its rate from then on
+    assert all(0 < runs[k]["models_up_s"] < runs[k]["wall_s"] for k in jobs[2:])
+    assert all(_positive(result["steady_throughput"][k]) for k in jobs[2:])
+    assert result["variants"] == ["warm", "cold"]
+    for variant in result["variants"]:
+        assert set(result["ratios"][variant]) == set(result["targets"][variant]) and len(result["ratios"][variant]) == 4
+        assert all(_positive(v) for v in result["ratios"][variant].values())
+    assert all(g == "n/a (no GPU)" or "mean" in g for g in result["gpu_utilisation"].values())
     assert result["machine"]["cpu"] and result["machine"]["cores"] >= 1
     assert result["bundle"]["model_version"]
 
     text = report.read_text()
     assert "## Machine" in text and "bench_scoring.py" in text and "radiographs/s" in text
-    assert "Ray Data job" in done.stdout and "job speed-up over naive" in done.stdout
+    assert "Ray Data job, warm model pool" in done.stdout and "Ray Data job, its own model actors" in done.stdout
+    assert "job speed-up over naive" in done.stdout and "of which the pool's start" in text
