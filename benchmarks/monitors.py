@@ -6,6 +6,13 @@ shared page (Ray's shared-memory object store, shared libraries) among the proce
 the sum over processes counts every page once. Where ``smaps_rollup`` cannot be read, ``VmRSS`` from
 ``/proc/PID/status`` stands in (it counts shared pages once per process, so it over-counts).
 
+Reading ``smaps_rollup`` walks the process's page tables: 12-13 ms of kernel time for a process that
+has imported torch, which at a fraction of a second per sample would take a sizeable share of a
+2-core machine from the run being measured. So each process's PSS is re-read only when its RSS
+(from ``/proc/PID/statm``, a few microseconds) has moved by more than ``RSS_MOVE`` since the last
+read, or ``REFRESH_S`` after it; otherwise its last PSS stands. A page that becomes shared after the
+last read is then counted at its older, larger share: the figure can only err upwards.
+
 Samples carry wall-clock timestamps (``time.time()``) so that a run's phases, reported by the child
 process in the same clock, can be cut out of them afterwards.
 """
@@ -21,6 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PROC = Path("/proc")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+RSS_MOVE = 0.01  # re-read a process's PSS when its RSS moved by more than 1 % ...
+REFRESH_S = 5.0  # ... or this long after the last read
 
 
 def _children_map() -> dict[int, list[int]]:
@@ -100,6 +110,14 @@ def process_memory(pid: int) -> tuple[int, str]:
     return (rss or 0) * 1024, "rss"
 
 
+def process_rss(pid: int) -> int | None:
+    """Resident bytes of one process from ``/proc/PID/statm`` (cheap); ``None`` if it has exited."""
+    try:
+        return int((PROC / str(pid) / "statm").read_text().split()[1]) * PAGE
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def process_name(pid: int) -> str:
     """A short name: Ray's process title (``ray::IDLE``, ``ray::Detector``...) or the program's name."""
     try:
@@ -137,13 +155,25 @@ class TreeMemorySampler:
     def __post_init__(self) -> None:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tree-memory", daemon=True)
+        self._last: dict[int, tuple[int, int, str, float]] = {}  # pid -> (rss, memory, kind, when read)
+
+    def _memory(self, pid: int) -> tuple[int, str]:
+        """``process_memory(pid)``, re-read only when the process's RSS moved (see the module's notes)."""
+        rss, now = process_rss(pid), time.monotonic()
+        last = self._last.get(pid)
+        if rss is not None and last and abs(rss - last[0]) <= RSS_MOVE * last[0] and now - last[3] < REFRESH_S:
+            return last[1], last[2]
+        b, kind = process_memory(pid)
+        if rss is not None:
+            self._last[pid] = (rss, b, kind, now)
+        return b, kind
 
     def _run(self) -> None:
         while not self._stop.is_set():
             by_process: dict[str, int] = {}
             n = 0
             for pid in process_tree(self.root):
-                b, kind = process_memory(pid)
+                b, kind = self._memory(pid)
                 if kind != "gone":
                     name = process_name(pid)
                     by_process[name] = by_process.get(name, 0) + b

@@ -8,16 +8,20 @@ bytes each (``tables.pack_pixels``) beside their ``width``/``height`` (``tables.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.fs as pafs
+import ray
 
 from ra2batch.imaging.readers import ImageDecodeError, decode
 from ra2batch.job.inputs import fs_path
 from ra2batch.job.tables import DECODED, IDENTITY, pack_pixels
+
+if TYPE_CHECKING:
+    from ra2batch.job.config import JobConfig
 
 
 def _text(v: Any) -> str | None:
@@ -55,3 +59,16 @@ def decode_files(batch: pd.DataFrame, *, fs: pafs.FileSystem) -> pa.Table:
     """Read and decode a batch of listed files (``inputs.LISTING_COLUMNS``) into ``DECODED`` rows."""
     rows = [_decode_one(fs, r) for r in batch.to_dict("records")]
     return pa.Table.from_pylist(rows, schema=DECODED)
+
+
+def decode_dataset(files: pd.DataFrame, fs: pafs.FileSystem, cfg: JobConfig) -> ray.data.Dataset:
+    """The listed ``files`` read and decoded by CPU tasks of ``cfg.files_per_decode_task`` files each
+    (``cfg`` resolved): ``DECODED`` rows."""
+    return (
+        # from_items describes its blocks on the driver; from_pandas runs a task per block to do so.
+        ray.data.from_items(files.astype(object).where(files.notna(), None).to_dict("records"),
+                            override_num_blocks=-(-len(files) // cfg.files_per_decode_task))
+        # Decode's own memory reservation also keeps Ray Data from fusing it into the model actors.
+        .map_batches(decode_files, batch_format="pandas", batch_size=None, fn_kwargs={"fs": fs},
+                     num_cpus=cfg.decode_cpus, memory=cfg.decode_memory_mb * 2**20)
+    )

@@ -34,7 +34,7 @@ from ra2batch.catalogue import COLUMNS, ID_COLUMN
 from ra2batch.job.assemble import assemble_patients, choose_images, fill_predictions
 from ra2batch.job.config import JobConfig
 from ra2batch.job.inputs import list_inputs
-from ra2batch.job.decode import decode_files
+from ra2batch.job.decode import decode_dataset
 from ra2batch.job.model_pool import Pool, running_pools, score_on_pool, unreserved
 from ra2batch.job.predictors import DetectAndScore, Detector, JointScorer, ModelSource
 from ra2batch.job.tables import IMAGES, JOINTS, STREAM, write_table
@@ -111,18 +111,6 @@ def connect() -> None:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
 
 
-def decode_dataset(files: pd.DataFrame, fs: Any, cfg: JobConfig) -> ray.data.Dataset:
-    """The listed ``files`` read and decoded by CPU tasks (``cfg`` resolved): ``STREAM`` rows with pixels."""
-    return (
-        # from_items describes its blocks on the driver; from_pandas runs a task per block to do so.
-        ray.data.from_items(files.astype(object).where(files.notna(), None).to_dict("records"),
-                            override_num_blocks=-(-len(files) // cfg.files_per_decode_task))
-        # Decode's own memory reservation also keeps Ray Data from fusing it into the model actors.
-        .map_batches(decode_files, batch_format="pandas", batch_size=None, fn_kwargs={"fs": fs},
-                     num_cpus=cfg.decode_cpus, memory=cfg.decode_memory_mb * 2**20)
-    )
-
-
 def _scoring_options(cfg: JobConfig) -> dict[str, Any]:
     return {"tta": cfg.tta, "review_threshold": cfg.review_threshold}
 
@@ -174,7 +162,7 @@ def _score(files: pd.DataFrame, fs: Any, models: str, model_options: dict[str, A
     if pool is not None:
         options = {"detector_batch_size": cfg.detector_batch_size, "scorer_batch_size": cfg.scorer_batch_size,
                    **_scoring_options(cfg)}
-        return _collect(score_on_pool(decode_dataset(files, fs, cfg), pool, options))
+        return _collect(score_on_pool(files, fs, cfg, pool, options))
     dataset = build_dataset(files, fs, models, model_options, cfg)
     return _collect(dataset.iter_batches(batch_format="pyarrow", batch_size=None))
 
