@@ -8,6 +8,7 @@ bytes each (``tables.pack_pixels``) beside their ``width``/``height`` (``tables.
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,22 +29,28 @@ def _text(v: Any) -> str | None:
     return None if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA else str(v)
 
 
-def _decode_one(fs: pafs.FileSystem, row: dict[str, Any]) -> dict[str, Any]:
-    """One listed file -> one ``DECODED`` row (``pixels`` set only when the status is ``ok``)."""
+def _read_one(fs: pafs.FileSystem, row: dict[str, Any]) -> tuple[dict[str, Any], bytes | None]:
+    """One listed file -> its ``DECODED`` row so far (identity, size, hash, or the error) and its
+    bytes (``None`` when there is nothing to decode)."""
     out = {k: _text(row[k]) for k in IDENTITY}
     out.update(status="error", error=_text(row["problem"]), size_bytes=None if pd.isna(row["size_bytes"])
                else int(row["size_bytes"]))
     if out["error"] and out["size_bytes"] is None:
-        return out  # not found: nothing to read
+        return out, None  # not found: nothing to read
     try:
         with fs.open_input_stream(fs_path(out["path"])) as f:
             data = f.read()
     except OSError as e:
         out["error"] = f"cannot read file: {str(e).splitlines()[0]}"
-        return out
+        return out, None
     out.update(size_bytes=len(data), content_hash=hashlib.sha256(data).hexdigest())
-    if out["error"]:
-        return out  # the file is readable but unidentified: it is not scored
+    return out, None if out["error"] else data  # readable but unidentified: not scored
+
+
+def _decode_one(out: dict[str, Any], data: bytes | None) -> dict[str, Any]:
+    """``out`` completed with the pixels of ``data`` (status ``ok``), or with why they cannot be had."""
+    if data is None:
+        return out
     try:
         image = decode(data, out["path"])
     except Exception as e:  # any failure to decode one file is that file's error, never the job's
@@ -55,10 +62,16 @@ def _decode_one(fs: pafs.FileSystem, row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def decode_files(batch: pd.DataFrame, *, fs: pafs.FileSystem) -> pa.Table:
-    """Read and decode a batch of listed files (``inputs.LISTING_COLUMNS``) into ``DECODED`` rows."""
-    rows = [_decode_one(fs, r) for r in batch.to_dict("records")]
-    return pa.Table.from_pylist(rows, schema=DECODED)
+def decode_files(batch: pd.DataFrame, *, fs: pafs.FileSystem, read_threads: int = 8) -> pa.Table:
+    """Read and decode a batch of listed files (``inputs.LISTING_COLUMNS``) into ``DECODED`` rows.
+
+    Up to ``read_threads`` files are read at once (object-store reads wait on the network, not the
+    CPU); decoding is serial.
+    """
+    records = batch.to_dict("records")
+    with ThreadPoolExecutor(max(1, min(read_threads, len(records)))) as pool:
+        read = list(pool.map(lambda r: _read_one(fs, r), records))
+    return pa.Table.from_pylist([_decode_one(out, data) for out, data in read], schema=DECODED)
 
 
 def decode_dataset(files: pd.DataFrame, fs: pafs.FileSystem, cfg: JobConfig) -> ray.data.Dataset:

@@ -8,6 +8,11 @@ named actors in the ``ra2batch`` namespace. A job whose bundle has the pool's ``
 (a content hash, so the same weights) streams its decoded blocks to them instead of starting its
 own actors (``JobConfig.model_pool``). The pool holds its CPUs and GPUs until it is stopped.
 
+On a CPU-only pool the actors also read and decode the files: the same cores would decode them
+anyway, and a job then starts no Ray worker process at all (a new worker costs 0.6-1 s of CPU to
+boot and import Ray Data, on every job, since Ray's workers belong to one job). On a GPU pool,
+decoding stays in Ray Data's CPU tasks, off the GPUs' critical path.
+
 Pool actors restart when their process dies (``max_restarts=-1``) and their calls are retried
 (``max_task_retries=-1``); every call is a pure function of its block, so a replay changes nothing.
 """
@@ -35,14 +40,15 @@ IN_FLIGHT_PER_ACTOR = 2
 class PoolWorker:
     """One warm actor: the whole bundle loaded once; scores decoded blocks with per-call options."""
 
-    def __init__(self, source: ModelSource, version: str, cpus: float, gpus: float):
+    def __init__(self, source: ModelSource, version: str, cpus: float, gpus: float, decodes: bool):
         self.bundle = source.load(["detectors", "joint_models"])
         self.info = {"model_version": version, "models": source.models, "cpus": cpus, "gpus": gpus,
-                     "device": source.device}
+                     "device": source.device, "decodes": decodes}
         self._stages: dict[tuple, DetectAndScore] = {}
 
     def describe(self) -> dict[str, Any]:
-        """Version, bundle URI, reserved ``cpus``/``gpus`` and the models' device."""
+        """Version, bundle URI, reserved ``cpus``/``gpus``, the models' device and whether the actor
+        decodes the files itself (``decodes``: CPU pools)."""
         return self.info
 
     def _stage(self, options: dict[str, Any]) -> DetectAndScore:
@@ -108,12 +114,13 @@ def unreserved(resources: dict[str, float], pools: list[Pool]) -> dict[str, floa
 
 
 def start_pool(models: str, storage_options: dict[str, Any] | None, version: str, config: JobConfig,
-               progress=print) -> Pool:
+               progress=print, decode_in_actors: bool | None = None) -> Pool:
     """Start (or find) the pool for the bundle at ``models``, sized like the job's model actors.
 
     ``config`` is resolved against the cluster: the pool gets ``detector_actors`` fused actors, each
     with ``actor_cpus`` CPUs and the GPU share the job's detector and joint-model actors would hold
-    together. Blocks until every actor has loaded the models.
+    together. ``decode_in_actors`` (default: on pools without GPUs) makes the actors read and decode
+    the files too. Blocks until every actor has loaded the models.
     """
     existing = running_pools().get(version)
     if existing:
@@ -121,13 +128,14 @@ def start_pool(models: str, storage_options: dict[str, Any] | None, version: str
         return existing
     cfg = config.resolved(ray.cluster_resources())
     gpus = (cfg.detector_gpus or 0.0) + (0.0 if cfg.fuse_models else cfg.scorer_gpus or 0.0)
+    decodes = gpus == 0 if decode_in_actors is None else decode_in_actors
     source = ModelSource(models, storage_options, cfg.torch_threads or 1, gpus > 0)
     names = [f"{PREFIX}{version}-{i}" for i in range(cfg.detector_actors or 1)]
     worker = ray.remote(PoolWorker)
     actors = [
         worker.options(name=n, namespace=NAMESPACE, lifetime="detached", num_cpus=cfg.actor_cpus,
                        num_gpus=gpus, max_restarts=-1, max_task_retries=-1).remote(source, version, cfg.actor_cpus,
-                                                                                  gpus)
+                                                                                  gpus, decodes)
         for n in names
     ]
     progress(f"starting {len(names)} model actor(s) for model {version} ({cfg.actor_cpus:g} CPU, {gpus:g} GPU each) ...")
@@ -153,44 +161,58 @@ def stop_pools(version: str | None = None) -> list[str]:
     return stopped
 
 
+def _even_parts(records: list[Any], step: int, multiple: int) -> list[list[Any]]:
+    """``records`` in parts of at most about ``step``, as even as possible and, where there are enough
+    records, a multiple of ``multiple`` parts: so the pool's actors finish together (25 parts of 8 on 2
+    actors left one actor scoring the last part alone)."""
+    n = -(-len(records) // step)
+    n = min(-(-n // multiple) * multiple, len(records))
+    bounds = [round(i * len(records) / n) for i in range(n + 1)] if n else [0]
+    return [records[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
 def score_on_pool(files: pd.DataFrame, fs: Any, cfg: JobConfig, pool: Pool,
                   options: dict[str, Any]) -> Iterator[pa.Table]:
     """The pool's ``STREAM`` tables for the listed ``files`` (``cfg`` resolved), as they finish (in no fixed order).
 
-    Each actor reads and decodes its first ``cfg.files_per_decode_task`` files itself, so no actor
-    waits for the job's first decode task (a new worker process importing Ray Data: 0.6-0.8 s on 2
-    cores); Ray Data's CPU tasks decode the rest. Decoded blocks go from those tasks' output straight
-    to an actor (the driver holds only their references), each to the actor with the fewest calls
-    outstanding, at most ``IN_FLIGHT_PER_ACTOR`` per actor; the stream pauses while every actor is
-    busy, and Ray Data's backpressure then pauses decoding.
+    Work goes in blocks of about ``cfg.files_per_decode_task`` files, each to the actor with the fewest
+    calls outstanding, at most ``IN_FLIGHT_PER_ACTOR`` per actor. A CPU pool's actors read and decode
+    every block themselves. On a GPU pool each actor decodes only its first block (so that no GPU
+    waits for the job's first decode worker to start) and Ray Data's CPU tasks decode the rest;
+    their blocks go from the tasks' output straight to an actor (the driver holds only references),
+    and while every actor is busy the stream pauses and Ray Data's backpressure pauses decoding.
     """
     handles = pool.handles
+    decodes = pool.describe()["decodes"]
     load = [0] * len(handles)
     pending: dict[ray.ObjectRef, int] = {}
     records = files.astype(object).where(files.notna(), None).to_dict("records")
     step = cfg.files_per_decode_task
-    head = [records[i:i + step] for i in range(0, min(len(handles) * step, len(records)), step)]
-    rest = files.iloc[len(head) * step:]
+    if decodes:
+        own = _even_parts(records, step, len(handles))
+    else:
+        own = [records[i:i + step] for i in range(0, min(len(records), len(handles) * step), step)]
 
-    def submit(call) -> None:
+    def submit(call) -> Iterator[pa.Table]:
+        while min(load) >= IN_FLIGHT_PER_ACTOR:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            yield from collect(done)
         i = load.index(min(load))
         pending[call(handles[i])] = i
         load[i] += 1
 
-    def finished() -> Iterator[pa.Table]:
-        done, _ = ray.wait(list(pending), num_returns=1)
+    def collect(done: list[ray.ObjectRef]) -> Iterator[pa.Table]:
         for ref in done:
             load[pending.pop(ref)] -= 1
             yield ray.get(ref)
 
-    for part in head:
-        submit(lambda actor, part=part: actor.score_files.remote(part, fs, options))
-    blocks = decode_dataset(rest, fs, cfg).iter_internal_ref_bundles() if len(rest) else ()
-    for bundle in blocks:
+    for part in own:
+        yield from submit(lambda actor, part=part: actor.score_files.remote(part, fs, options))
+    rest = files.iloc[sum(map(len, own)):]
+    for bundle in decode_dataset(rest, fs, cfg).iter_internal_ref_bundles() if len(rest) else ():
         for entry, piece in zip(bundle.blocks, bundle.slices):
-            while min(load) >= IN_FLIGHT_PER_ACTOR:
-                yield from finished()
             rows = None if piece is None else (piece.start_offset, piece.end_offset)
-            submit(lambda actor, ref=entry.ref, rows=rows: actor.score_block.remote(ref, rows, options))
+            yield from submit(lambda actor, ref=entry.ref, rows=rows: actor.score_block.remote(ref, rows, options))
     while pending:
-        yield from finished()
+        done, _ = ray.wait(list(pending), num_returns=1)
+        yield from collect(done)

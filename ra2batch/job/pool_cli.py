@@ -30,6 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--actor-cpus", type=float, metavar="N", help="CPUs reserved by each actor")
     g.add_argument("--actor-gpus", type=float, metavar="N", help="GPUs reserved by each actor (fractions allowed)")
     g.add_argument("--torch-threads", type=int, metavar="N", help="intra-op threads of each actor")
+    g.add_argument("--decode-in-actors", action=argparse.BooleanOptionalAction, default=None,
+                   help="the actors read and decode the files too (default: on pools without GPUs, where the same "
+                   "cores would decode them anyway and a job then starts no worker processes); off: jobs decode "
+                   "in their own CPU tasks (default with GPUs: decoding stays off the GPUs' critical path)")
 
 
 def _connect() -> None:
@@ -66,7 +70,8 @@ def main(args: argparse.Namespace) -> int:
         return 1
     if args.action == "start":
         model_pool.start_pool(uri, options, bundle.model_version, config,
-                              progress=lambda m: print(m, file=sys.stderr, flush=True))
+                              progress=lambda m: print(m, file=sys.stderr, flush=True),
+                              decode_in_actors=args.decode_in_actors)
         print(f"model pool for {bundle.model_version} running; jobs scoring with this bundle use it "
               "(--model-pool auto, the default)")
     elif args.action == "list":
@@ -76,7 +81,8 @@ def main(args: argparse.Namespace) -> int:
         for version, pool in sorted(pools.items()):
             info = pool.describe()
             print(f"{version}: {info['actors']} actor(s) on {info['device']}, {info['cpus']:g} CPU and "
-                  f"{info['gpus']:g} GPU each, models {info['models']}")
+                  f"{info['gpus']:g} GPU each, decoding {'in the actors' if info['decodes'] else 'in job tasks'}, "
+                  f"models {info['models']}")
     else:
         stopped = model_pool.stop_pools(args.model_version)
         print(f"stopped {len(stopped)} model actor(s)" + (f": {', '.join(stopped)}" if stopped else
