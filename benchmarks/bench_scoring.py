@@ -66,6 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch threads of the naive and bound runs (1: serial; see README)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="device of the naive and bound runs (the job places its models by JobConfig)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="runs of each kind; each figure is from the run of median wall time (this 2-core machine's "
+                   "speed drifts by 10 %% from minute to minute)")
     p.add_argument("--sample-interval", type=float, default=0.2, help="seconds between memory/GPU samples")
     p.add_argument("--profile", type=Path, metavar="DIR",
                    help="record each run with py-spy (all its processes) into DIR/RUN.svg; slows the runs, so "
@@ -83,6 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.patients < 1:
         p.error("--patients must be at least 1")
+    if args.repeats < 1:
+        p.error("--repeats must be at least 1")
     return args
 
 
@@ -130,6 +135,14 @@ def measure(spec: Spec, name: str, scratch: Path, interval: float, profile: Path
                memory_measure=memory.measure,
                gpu_utilisation=gpu.summary(start, end))
     return run
+
+
+def median_run(tries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of median wall time (the lower middle one of an even number), with every try's wall
+    time, rate and peak memory under ``repeats``."""
+    chosen = sorted(tries, key=lambda r: r["wall_s"])[(len(tries) - 1) // 2]
+    return {**chosen, "repeats": [{k: r[k] for k in ("wall_s", "radiographs_per_second", "peak_memory_bytes")}
+                                  for r in tries]}
 
 
 def _warm_page_cache(files: list[str]) -> None:
@@ -197,8 +210,9 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         for key, (kind, these, patients, pool) in plan.items():
             print(f"{key}: {len(these)} radiographs ...", flush=True)
             spec = Spec(kind=kind, files=these, **{**common, "job_config": {**knobs, **pool}})
-            runs[key] = {"patients": patients,
-                         **measure(spec, key, Path(scratch), args.sample_interval, args.profile)}
+            tries = [measure(spec, f"{key}-{i}", Path(scratch), args.sample_interval, args.profile)
+                     for i in range(args.repeats)]
+            runs[key] = {"patients": patients, **median_run(tries)}
     checked = {name: targets(runs, name) for name, _ in variants}
     job = runs[f"job_{variants[0][0]}"]
     if len({runs[k]["joints"] for k in ("naive", "bound", *(f"job_{v}" for v, _ in variants))}) > 1:
@@ -216,6 +230,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "job_config": job["config"],
         "memory_measure": job["memory_measure"],
         "sample_interval_s": args.sample_interval,
+        "repeats": args.repeats,
         "profiled": bool(args.profile),
         "runs": runs,
         "variants": [name for name, _ in variants],

@@ -36,13 +36,16 @@ def _gpu_text(value: Any) -> str:
 def _run_rows(result: dict[str, Any]) -> list[list[str]]:
     rows = []
     for key, run in result["runs"].items():
-        rows.append([f"{RUN_LABELS[key.removesuffix('_4n')]}", str(run["patients"]), str(run["radiographs"]), f"{run['wall_s']:.1f}",
+        walls = sorted(r["wall_s"] for r in run.get("repeats", [run]))
+        spread = f" ({walls[0]:.1f}-{walls[-1]:.1f})" if len(walls) > 1 else ""
+        rows.append([f"{RUN_LABELS[key.removesuffix('_4n')]}", str(run["patients"]), str(run["radiographs"]),
+                     f"{run['wall_s']:.1f}{spread}",
                      f"{run['radiographs_per_second']:.2f}", f"{run['peak_memory_bytes'] / GIB:.2f}",
                      str(run["peak_memory_processes"])])
     return rows
 
 
-RUN_HEADER = ["run", "patients", "radiographs", "wall s", "radiographs/s", "peak memory GiB", "processes"]
+RUN_HEADER = ["run", "patients", "radiographs", "wall s (range)", "radiographs/s", "peak memory GiB", "processes"]
 
 
 def _ratio_rows(result: dict[str, Any]) -> list[list[str]]:
@@ -103,6 +106,8 @@ def _notes(result: dict[str, Any]) -> list[str]:
         f"naive stages: {_stages(runs['naive'])} (model loading {runs['naive']['load_s']:.1f} s, excluded)",
         f"bound stages: {_stages(runs['bound'])}",
         f"job config (resolved): {result['job_config']}",
+        f"each run {result.get('repeats', 1)} time(s), each a fresh process (and cluster); every figure is from the "
+        "try of median wall time, the range in brackets",
         f"memory: {result['memory_measure']} summed over the run's whole process tree, sampled every "
         f"{result['sample_interval_s']:g} s",
     ]

@@ -5,8 +5,9 @@ a torch import and a model load, 4-7 s of every job on a 2-core machine and a fi
 every nightly rescoring pays again. A pool started once (``ra2batch pool start``) keeps fused
 detect-and-score actors (:class:`~ra2batch.job.predictors.DetectAndScore`) alive as detached,
 named actors in the ``ra2batch`` namespace. A job whose bundle has the pool's ``model_version``
-(a content hash, so the same weights) streams its decoded blocks to them instead of starting its
-own actors (``JobConfig.model_pool``). The pool holds its CPUs and GPUs until it is stopped.
+(a content hash, so the same weights) sends its work to them instead of starting its own actors
+(``JobConfig.model_pool``); the job's pool sizes and GPU shares then do not apply, its batch sizes and
+scoring options do. The pool holds its CPUs and GPUs until it is stopped.
 
 On a CPU-only pool the actors also read and decode the files: the same cores would decode them
 anyway, and a job then starts no Ray worker process at all (a new worker costs 0.6-1 s of CPU to
@@ -38,7 +39,8 @@ IN_FLIGHT_PER_ACTOR = 2
 
 
 class PoolWorker:
-    """One warm actor: the whole bundle loaded once; scores decoded blocks with per-call options."""
+    """One warm actor: the whole bundle loaded once; scores blocks of listed files or of decoded
+    radiographs with each job's options (batch sizes, TTA, review threshold)."""
 
     def __init__(self, source: ModelSource, version: str, cpus: float, gpus: float, decodes: bool):
         self.bundle = source.load(["detectors", "joint_models"])
