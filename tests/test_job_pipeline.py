@@ -334,7 +334,7 @@ def test_ray_job_submit_scores_s3_archive_on_a_two_node_cluster(ray_cluster, s3_
     assert len(out["predictions"]) == 3 and not out["predictions"].isna().any().any()
 
 
-def test_warm_model_pool_scores_what_the_jobs_own_actors_score(ray_local, tiny_bundle, tmp_path):
+def test_warm_model_pool_scores_what_the_jobs_own_actors_score(ray_local, tiny_bundle, tmp_path, monkeypatch):
     import os
     import signal
     import time
@@ -342,6 +342,7 @@ def test_warm_model_pool_scores_what_the_jobs_own_actors_score(ray_local, tiny_b
     import ray._private.state as ray_state
 
     from ra2batch.job import JobConfig, score_archive
+    from ra2batch.job import model_pool
     from ra2batch.job.model_pool import running_pools, start_pool, stop_pools
     from ra2batch.job.pipeline import JobError
     from ra2batch.models import load_bundle
@@ -402,6 +403,11 @@ def test_warm_model_pool_scores_what_the_jobs_own_actors_score(ray_local, tiny_b
     assert sorted(stopped) == sorted(pool.names) and running_pools() == {}
     with pytest.raises(JobError, match="no warm model pool for model"):
         run("none", model_pool="warm")
+    # a pool that cannot fit says so, and leaves nothing behind
+    monkeypatch.setattr(model_pool, "START_TIMEOUT_S", 3.0)
+    with pytest.raises(model_pool.PoolError, match="did not start within 3 s.*1 x 64 CPU"):
+        start_pool(tiny_bundle, None, version, JobConfig(detector_actors=1, actor_cpus=64), progress=lambda m: None)
+    assert running_pools() == {}
 
 
 def test_warm_model_pool_outlives_the_job_that_started_it(ray_cluster, tiny_bundle, tmp_path):

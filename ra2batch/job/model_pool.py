@@ -32,10 +32,15 @@ from ra2batch.job.config import JobConfig
 from ra2batch.job.decode import decode_dataset, decode_files
 from ra2batch.job.predictors import DetectAndScore, ModelSource
 
+class PoolError(RuntimeError):
+    """A pool that cannot serve: an actor gone or not answering; the message says which and what to do."""
+
+
 NAMESPACE = "ra2batch"
 PREFIX = "models-"
 #: Calls queued per actor: one running, one waiting, so an actor never idles between blocks.
 IN_FLIGHT_PER_ACTOR = 2
+START_TIMEOUT_S = 600.0
 
 
 class PoolWorker:
@@ -82,11 +87,20 @@ class Pool:
 
     @property
     def handles(self) -> list[Any]:
-        return [ray.get_actor(n, namespace=NAMESPACE) for n in self.names]
+        try:
+            return [ray.get_actor(n, namespace=NAMESPACE) for n in self.names]
+        except ValueError as e:
+            raise PoolError(f"the model pool for {self.version} lost an actor ({e}); restart it with "
+                            "`ra2batch pool stop --model-version ...` and `ra2batch pool start`") from e
 
     def describe(self, timeout_s: float = 120.0) -> dict[str, Any]:
         """The first actor's :meth:`PoolWorker.describe` plus the pool's size and total reservation."""
-        infos = ray.get([h.describe.remote() for h in self.handles], timeout=timeout_s)
+        try:
+            infos = ray.get([h.describe.remote() for h in self.handles], timeout=timeout_s)
+        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as e:
+            raise PoolError(f"the model pool for {self.version} did not answer within {timeout_s:g} s "
+                            f"({type(e).__name__}); see `ray status` (are its CPUs/GPUs still there?), or stop it "
+                            "with `ra2batch pool stop`") from e
         return {**infos[0], "actors": len(infos), "total_cpus": sum(i["cpus"] for i in infos),
                 "total_gpus": sum(i["gpus"] for i in infos)}
 
@@ -143,10 +157,14 @@ def start_pool(models: str, storage_options: dict[str, Any] | None, version: str
     progress(f"starting {len(names)} model actor(s) for model {version} ({cfg.actor_cpus:g} CPU, {gpus:g} GPU each) ...")
     started = time.perf_counter()
     try:
-        ray.get([a.describe.remote() for a in actors])
-    except Exception:
+        ray.get([a.describe.remote() for a in actors], timeout=START_TIMEOUT_S)
+    except BaseException as e:
         for a in actors:
             ray.kill(a, no_restart=True)
+        if isinstance(e, ray.exceptions.GetTimeoutError):
+            raise PoolError(f"the pool's {len(names)} actor(s) did not start within {START_TIMEOUT_S:g} s: does the "
+                            f"cluster have {len(names)} x {cfg.actor_cpus:g} CPU and {gpus:g} GPU free (`ray status`)?"
+                            ) from e
         raise
     progress(f"model pool up in {time.perf_counter() - started:.1f} s: {', '.join(names)}")
     return Pool(version, names)
@@ -157,8 +175,11 @@ def stop_pools(version: str | None = None) -> list[str]:
     stopped = []
     for v, pool in running_pools().items():
         if version is None or v == version:
-            for name, handle in zip(pool.names, pool.handles):
-                ray.kill(handle, no_restart=True)
+            for name in pool.names:
+                try:
+                    ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+                except ValueError:
+                    continue  # gone since it was listed
                 stopped.append(name)
     return stopped
 

@@ -35,7 +35,7 @@ from ra2batch.job.assemble import assemble_patients, choose_images, fill_predict
 from ra2batch.job.config import JobConfig
 from ra2batch.job.inputs import list_inputs
 from ra2batch.job.decode import decode_dataset
-from ra2batch.job.model_pool import Pool, running_pools, score_on_pool, unreserved
+from ra2batch.job.model_pool import Pool, PoolError, running_pools, score_on_pool, unreserved
 from ra2batch.job.predictors import DetectAndScore, Detector, JointScorer, ModelSource
 from ra2batch.job.tables import IMAGES, JOINTS, STREAM, write_table
 from ra2batch.models import BundleError, load_bundle
@@ -207,12 +207,15 @@ def score_archive(
         raise JobError(str(e)) from e
     connect()
     config = config or JobConfig()
-    pool, resources = _choose_pool(config.model_pool, bundle.model_version)
-    cfg = config.resolved(resources)
     scored_at = dt.datetime.now(dt.timezone.utc)
     files = listing.files
     fs = resolve(input, storage_options).fs
-    stream = _score(files, fs, models, model_options, cfg, pool)
+    try:
+        pool, resources = _choose_pool(config.model_pool, bundle.model_version)
+        cfg = config.resolved(resources)
+        stream = _score(files, fs, models, model_options, cfg, pool)
+    except PoolError as e:
+        raise JobError(str(e)) from e
     images, joints, patients, predictions, duplicates = _assemble(stream, bundle.label_medians)
 
     out = resolve(output, storage_options)

@@ -68,6 +68,17 @@ def main(args: argparse.Namespace) -> int:
     except (JobError, ValueError) as e:
         print(f"ra2batch pool: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
+    try:
+        _act(args, config, bundle, uri, options)
+    except model_pool.PoolError as e:
+        print(f"ra2batch pool: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _act(args: argparse.Namespace, config, bundle, uri: str | None, options) -> None:
+    from ra2batch.job import model_pool
+
     if args.action == "start":
         model_pool.start_pool(uri, options, bundle.model_version, config,
                               progress=lambda m: print(m, file=sys.stderr, flush=True),
@@ -87,4 +98,3 @@ def main(args: argparse.Namespace) -> int:
         stopped = model_pool.stop_pools(args.model_version)
         print(f"stopped {len(stopped)} model actor(s)" + (f": {', '.join(stopped)}" if stopped else
               (f" (no pool for model {args.model_version})" if args.model_version else " (no pools running)")))
-    return 0
