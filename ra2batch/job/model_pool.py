@@ -20,6 +20,7 @@ Pool actors restart when their process dies (``max_restarts=-1``) and their call
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -85,8 +86,9 @@ class Pool:
     version: str
     names: list[str]
 
-    @property
+    @functools.cached_property
     def handles(self) -> list[Any]:
+        """The actors' handles, looked up once (a handle stays valid across its actor's restarts)."""
         try:
             return [ray.get_actor(n, namespace=NAMESPACE) for n in self.names]
         except ValueError as e:

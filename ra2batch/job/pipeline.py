@@ -3,8 +3,9 @@
     list files (driver) -> read + decode (CPU tasks) -> Detector actors (one row per crop)
       -> JointScorer actors (one row per joint) -> driver: per-patient assembly -> write tables
 
-On a cluster that runs a warm model pool for the job's bundle (``model_pool.py``), the decoded
-blocks go to the pool's actors instead, and the job starts no model actors of its own.
+On a cluster that runs a warm model pool for the job's bundle (``model_pool.py``), the work goes to
+the pool's actors instead (listed files on a CPU pool, which decodes them; decoded blocks on a GPU
+pool), and the job starts no model actors of its own.
 
 Decode and inference are separate stages, so the model actors never wait on JPEG or DICOM decoding,
 and files that fail to decode flow past the models as error rows. Only file metadata and joint rows
@@ -115,6 +116,12 @@ def _scoring_options(cfg: JobConfig) -> dict[str, Any]:
     return {"tta": cfg.tta, "review_threshold": cfg.review_threshold}
 
 
+def _fused_options(cfg: JobConfig) -> dict[str, Any]:
+    """``DetectAndScore``'s keyword arguments besides its models."""
+    return {"detector_batch_size": cfg.detector_batch_size, "scorer_batch_size": cfg.scorer_batch_size,
+            **_scoring_options(cfg)}
+
+
 def build_dataset(files: pd.DataFrame, fs: Any, models: str, model_options: dict[str, Any] | None,
                   cfg: JobConfig) -> ray.data.Dataset:
     """The streaming pipeline over the listed ``files`` with the job's own model actors (``cfg``
@@ -133,8 +140,7 @@ def build_dataset(files: pd.DataFrame, fs: Any, models: str, model_options: dict
     if cfg.fuse_models:
         return decoded.map_batches(
             DetectAndScore, batch_format="pyarrow", batch_size=cfg.detector_batch_size,
-            fn_constructor_kwargs={"source": source(cfg.detector_gpus), "detector_batch_size": cfg.detector_batch_size,
-                                   "scorer_batch_size": cfg.scorer_batch_size, **scoring},
+            fn_constructor_kwargs={"source": source(cfg.detector_gpus), **_fused_options(cfg)},
             **actors(cfg.detector_actors, cfg.detector_gpus))
     return (
         decoded
@@ -160,9 +166,7 @@ def _score(files: pd.DataFrame, fs: Any, models: str, model_options: dict[str, A
     if not len(files):
         return STREAM.empty_table()
     if pool is not None:
-        options = {"detector_batch_size": cfg.detector_batch_size, "scorer_batch_size": cfg.scorer_batch_size,
-                   **_scoring_options(cfg)}
-        return _collect(score_on_pool(files, fs, cfg, pool, options))
+        return _collect(score_on_pool(files, fs, cfg, pool, _fused_options(cfg)))
     dataset = build_dataset(files, fs, models, model_options, cfg)
     return _collect(dataset.iter_batches(batch_format="pyarrow", batch_size=None))
 
