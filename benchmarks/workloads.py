@@ -198,7 +198,7 @@ def run_job(spec: Spec) -> dict[str, Any]:
                                 paths=spec.files)
         end = time.time()
         resources = ray.cluster_resources()
-        resolved = config.resolved(resources).model_dump()
+        resolved = config.resolved(resources, files=summary.files).model_dump()
         ray.shutdown()
         operators, plan_at = _ray_data_stats(scratch / "ray")
     finally:

@@ -93,6 +93,12 @@ def test_config_is_sized_to_the_cluster_and_flags_override_files(tmp_path):
     gpu = JobConfig().resolved({"CPU": 32.0, "GPU": 4.0})
     assert (gpu.fuse_models, gpu.detector_actors, gpu.scorer_actors, gpu.detector_gpus, gpu.scorer_gpus) == (
         False, 4, 4, 0.5, 0.5)
+    # A job never starts more model actors than it has decode tasks (8 files each) to feed them.
+    assert JobConfig().resolved({"CPU": 16.0}, files=3).detector_actors == 1
+    assert JobConfig().resolved({"CPU": 16.0}, files=20).detector_actors == 3
+    assert JobConfig(detector_actors=8).resolved({"CPU": 16.0}, files=8).detector_actors == 1
+    small_gpu = JobConfig().resolved({"CPU": 32.0, "GPU": 4.0}, files=9)
+    assert (small_gpu.detector_actors, small_gpu.scorer_actors, small_gpu.detector_gpus) == (2, 2, 0.5)
     (tmp_path / "c.yaml").write_text("detector_gpus: 0.25\nscorer_batch_size: 16\n")
     cfg = JobConfig.load(tmp_path / "c.yaml").merged({"scorer_batch_size": 8, "detector_actors": None})
     assert (cfg.detector_gpus, cfg.scorer_batch_size) == (0.25, 8)

@@ -67,13 +67,17 @@ class JobConfig(BaseModel):
         given = {k: v for k, v in overrides.items() if v is not None}
         return self.model_validate({**self.model_dump(), **given})
 
-    def resolved(self, resources: Mapping[str, float]) -> JobConfig:
+    def resolved(self, resources: Mapping[str, float], files: int | None = None) -> JobConfig:
         """Every ``None`` filled for a cluster with ``resources`` (``ray.cluster_resources()``).
 
         With GPUs, each GPU hosts one detector and one joint-model actor (half a GPU each). Without,
         the model stages are fused and the pool gets one single-threaded actor per CPU left after a
         fifth of the cluster (at least half a CPU) is kept for decode tasks, so that decoding always
         finds room beside the models (no stage can starve another).
+
+        For a job over ``files`` files, no model pool has more actors than there are decode tasks
+        to feed it (a nightly run of three new files starts one actor, not one per core: each
+        extra actor would only import torch and load the models).
         """
         cpus = float(resources.get("CPU", 1.0))
         gpus = float(resources.get("GPU", 0.0))
@@ -92,14 +96,18 @@ class JobConfig(BaseModel):
             pools = 1 if fuse else 2
             det_n = max(1, int(free / pools // per_actor))
             sco_n = max(1, det_n // 4) if not fuse else 1
-        n_actors = (self.detector_actors or det_n) + (0 if fuse else self.scorer_actors or sco_n)
+        det_n, sco_n = self.detector_actors or det_n, self.scorer_actors or sco_n
+        if files is not None:
+            tasks = max(1, -(-files // self.files_per_decode_task))
+            det_n, sco_n = min(det_n, tasks), min(sco_n, tasks)
+        n_actors = det_n + (0 if fuse else sco_n)
         actor_cpus = self.actor_cpus or min(per_actor, free / n_actors)
         return self.model_copy(update={
             "decode_cpus": decode_cpus,
             "fuse_models": fuse,
             "actor_cpus": actor_cpus,
-            "detector_actors": self.detector_actors or det_n,
-            "scorer_actors": self.scorer_actors or sco_n,
+            "detector_actors": det_n,
+            "scorer_actors": sco_n,
             "detector_gpus": self.detector_gpus if self.detector_gpus is not None else det_g,
             "scorer_gpus": self.scorer_gpus if self.scorer_gpus is not None else sco_g,
             "torch_threads": self.torch_threads or max(1, int(actor_cpus)),

@@ -216,7 +216,7 @@ def score_archive(
     fs = resolve(input, storage_options).fs
     try:
         pool, resources = _choose_pool(config.model_pool, bundle.model_version)
-        cfg = config.resolved(resources)
+        cfg = config.resolved(resources, files=len(files))
         stream = _score(files, fs, models, model_options, cfg, pool)
     except PoolError as e:
         raise JobError(str(e)) from e
