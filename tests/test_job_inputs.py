@@ -81,18 +81,26 @@ def test_explicit_paths_restrict_the_job_and_report_missing_ones(tmp_path):
 
 
 def test_config_is_sized_to_the_cluster_and_flags_override_files(tmp_path):
-    # Without GPUs: one fused single-threaded model actor per core left beside the decode tasks,
-    # and the reservations never exceed the cluster (decode always finds room).
-    for cpus, actors in ((1, 1), (2, 2), (4, 3), (16, 12)):
+    # Without GPUs: one fused single-threaded model actor per core, decoding its own files; with
+    # decode tasks, one per core left beside them, and the reservations never exceed the cluster
+    # (decode always finds room).
+    for cpus, actors, beside_tasks in ((1, 1, 1), (2, 2, 2), (4, 4, 3), (16, 16, 12)):
         cpu = JobConfig().resolved({"CPU": float(cpus)})
-        assert (cpu.fuse_models, cpu.detector_actors, cpu.torch_threads, cpu.detector_gpus) == (True, actors, 1, 0.0)
-        assert cpu.detector_actors * cpu.actor_cpus + cpu.decode_cpus <= cpus
+        assert (cpu.fuse_models, cpu.decode_in_actors, cpu.detector_actors, cpu.torch_threads, cpu.detector_gpus) == (
+            True, True, actors, 1, 0.0)
+        assert cpu.detector_actors * cpu.actor_cpus <= cpus
+        tasks = JobConfig(decode_in_actors=False).resolved({"CPU": float(cpus)})
+        assert (tasks.fuse_models, tasks.detector_actors) == (True, beside_tasks)
+        assert tasks.detector_actors * tasks.actor_cpus + tasks.decode_cpus <= cpus
+    with pytest.raises(ValueError, match="decode_in_actors needs the fused model actors"):
+        JobConfig(decode_in_actors=True, fuse_models=False)
     split = JobConfig(fuse_models=False).resolved({"CPU": 2.0})
     assert (split.detector_actors, split.scorer_actors) == (1, 1)
     assert 2 * split.actor_cpus + split.decode_cpus <= 2
     gpu = JobConfig().resolved({"CPU": 32.0, "GPU": 4.0})
-    assert (gpu.fuse_models, gpu.detector_actors, gpu.scorer_actors, gpu.detector_gpus, gpu.scorer_gpus) == (
-        False, 4, 4, 0.5, 0.5)
+    assert (gpu.fuse_models, gpu.decode_in_actors, gpu.detector_actors, gpu.scorer_actors, gpu.detector_gpus,
+            gpu.scorer_gpus) == (False, False, 4, 4, 0.5, 0.5)
+    assert JobConfig(fuse_models=True).resolved({"CPU": 32.0, "GPU": 4.0}).detector_gpus == 1.0  # a whole GPU each
     # A job never starts more model actors than it has decode tasks (8 files each) to feed them.
     assert JobConfig().resolved({"CPU": 16.0}, files=3).detector_actors == 1
     assert JobConfig().resolved({"CPU": 16.0}, files=20).detector_actors == 3

@@ -278,7 +278,7 @@ def test_model_actor_killed_mid_run_is_replaced_and_outputs_are_complete(ray_loc
 
     def detectors(state: str | None = None) -> dict[str, dict]:
         return {k: a for k, a in ray_state.actors().items()
-                if a["ActorClassName"] == "MapWorker(MapBatches(DetectAndScore))"
+                if a["ActorClassName"] == "MapWorker(MapBatches(DecodeDetectAndScore))"
                 and a["State"] == (state or a["State"])}
 
     before = set(detectors())  # actors of earlier tests in this session
@@ -369,9 +369,13 @@ def test_warm_model_pool_scores_what_the_jobs_own_actors_score(ray_local, tiny_b
 
     cold, cold_out = run("cold", model_pool="job")
     assert "job actor(s)" in cold.format()
+    # the job's own fused actors fed by decode tasks instead of decoding their files themselves
+    tasks, tasks_out = run("cold-tasks", model_pool="job", decode_in_actors=False)
+    assert (tasks.files, tasks.images_error, tasks.joints) == (9, 1, 2 * 86)
+    same_outputs(tasks_out)
     # a GPU pool's layout on CPUs: each actor decodes its first block, Ray Data's tasks the rest
-    pool = start_pool(tiny_bundle, None, version, JobConfig(detector_actors=2, actor_cpus=0.5), progress=lambda m: None,
-                      decode_in_actors=False)
+    pool = start_pool(tiny_bundle, None, version, JobConfig(detector_actors=2, actor_cpus=0.5, decode_in_actors=False),
+                      progress=lambda m: None)
     try:
         assert pool.describe()["decodes"] is False
         warm, warm_out = run("tasks")
@@ -453,6 +457,13 @@ def test_cli_errors_are_one_line(tiny_bundle, tmp_path, capsys, monkeypatch):
     assert main(["score", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o"), "--models",
                  tiny_bundle]) == 1
     assert f"input {tmp_path / 'nope'} does not exist" in capsys.readouterr().err
+    # settings that are not valid: each named, on one line, before anything starts
+    assert main(["score", "--detector-actors", "0"]) == 1
+    assert capsys.readouterr().err.strip() == ("ra2batch score: error: invalid job settings: detector_actors: Input "
+                                               "should be greater than or equal to 1")
+    assert main(["score", "--decode-in-actors", "--no-fuse-models"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "decode_in_actors needs the fused model actors" in err
 
 
 def _demo_bundle_or_skip():

@@ -168,6 +168,16 @@ def test_max_train_minutes_is_shared_out_in_the_presets_proportions():
     assert det / joint[fast] == pytest.approx(DEMO.detector_training.max_minutes / base.minutes_for(fast))
 
 
+def test_invalid_training_settings_are_one_line_naming_each_setting(capsys):
+    from ra2batch.cli import main
+
+    assert main(["train", "--data", "d", "--out", "o", "--epochs", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("ra2batch train: error: invalid training settings: ")
+    assert "detector_training.epochs: Input should be greater than or equal to 1" in err
+    assert "joint_training.epochs: Input should be greater than or equal to 1" in err
+
+
 def test_group_budgets_must_name_groups_of_the_plan():
     from pydantic import ValidationError
 

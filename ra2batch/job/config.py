@@ -11,7 +11,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ra2batch.validation import one_line
 
 
 class JobConfig(BaseModel):
@@ -23,7 +25,13 @@ class JobConfig(BaseModel):
         "auto", description="auto: score on the cluster's warm model pool for this bundle when one runs "
         "(`ra2batch pool start`; no model start-up in the job), else start the job's own model actors; "
         "warm: require such a pool; job: always the job's own actors")
-    files_per_decode_task: int = Field(8, ge=1, description="files read and decoded by one CPU task")
+    files_per_decode_task: int = Field(8, ge=1, description="files read and decoded by one CPU task (or one "
+                                       "model-actor call, when decode_in_actors)")
+    decode_in_actors: bool | None = Field(
+        None, description="the fused model actors read and decode their own files (default without GPUs: the "
+        "same cores would decode them anyway, and the job then starts no decode worker processes and moves no "
+        "pixels through the object store); false: separate decode tasks (default with GPUs: decoding stays off "
+        "the GPUs' critical path)")
     decode_cpus: float | None = Field(None, gt=0, description="CPUs reserved by each decode task")
     decode_memory_mb: int = Field(512, ge=1, description="memory reserved by each decode task (MiB)")
     fuse_models: bool | None = Field(
@@ -45,6 +53,13 @@ class JobConfig(BaseModel):
     review_threshold: float = Field(0.5, ge=0, description="uncertainty (score points) above which a joint is "
                                     "flagged for human review")
 
+    @model_validator(mode="after")
+    def _decoding_actors_are_fused(self) -> JobConfig:
+        if self.decode_in_actors and self.fuse_models is False:
+            raise ValueError("decode_in_actors needs the fused model actors (fuse_models true or unset): separate "
+                             "detector actors would have to pass the pixels on anyway")
+        return self
+
     @classmethod
     def load(cls, path: str | Path) -> JobConfig:
         """A config from a ``.json``, ``.yaml`` or ``.yml`` file; unknown keys are an error."""
@@ -60,38 +75,49 @@ class JobConfig(BaseModel):
             raise ValueError(f"config {path}: expected a .json, .yaml or .yml file")
         if not isinstance(data, dict):
             raise ValueError(f"config {path}: expected a mapping of settings, got {type(data).__name__}")
-        return cls.model_validate(data)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise ValueError(f"config {path}: {one_line(e)}") from None
 
     def merged(self, overrides: Mapping[str, Any]) -> JobConfig:
-        """This config with the non-``None`` ``overrides`` applied (command-line flags over a file)."""
+        """This config with the non-``None`` ``overrides`` applied (command-line flags over a file);
+        a ``ValueError`` names each setting that is not valid."""
         given = {k: v for k, v in overrides.items() if v is not None}
-        return self.model_validate({**self.model_dump(), **given})
+        try:
+            return self.model_validate({**self.model_dump(), **given})
+        except ValidationError as e:
+            raise ValueError(f"invalid job settings: {one_line(e)}") from None
 
     def resolved(self, resources: Mapping[str, float], files: int | None = None) -> JobConfig:
         """Every ``None`` filled for a cluster with ``resources`` (``ray.cluster_resources()``).
 
-        With GPUs, each GPU hosts one detector and one joint-model actor (half a GPU each). Without,
-        the model stages are fused and the pool gets one single-threaded actor per CPU left after a
-        fifth of the cluster (at least half a CPU) is kept for decode tasks, so that decoding always
-        finds room beside the models (no stage can starve another).
+        With GPUs, each GPU hosts one detector and one joint-model actor (half a GPU each; a fused
+        actor takes the whole GPU), and decode tasks keep a fifth of the CPUs (at least one task's
+        ``decode_cpus``) so that decoding always finds room beside the models. Without GPUs, the
+        model stages are fused and the actors decode their own files: one single-threaded actor per
+        CPU. Fused actors that leave decoding to tasks (``decode_in_actors=False``) get one per CPU
+        left after the decode tasks' share.
 
-        For a job over ``files`` files, no model pool has more actors than there are decode tasks
-        to feed it (a nightly run of three new files starts one actor, not one per core: each
-        extra actor would only import torch and load the models).
+        For a job over ``files`` files, no model pool has more actors than there are blocks of
+        ``files_per_decode_task`` files to feed it (a nightly run of three new files starts one
+        actor, not one per core: each extra actor would only import torch and load the models).
         """
         cpus = float(resources.get("CPU", 1.0))
         gpus = float(resources.get("GPU", 0.0))
         small = cpus < 4
         decode_cpus = self.decode_cpus if self.decode_cpus is not None else (0.5 if small else 1.0)
-        fuse = self.fuse_models if self.fuse_models is not None else gpus == 0
-        if gpus >= 1:
-            det_n, sco_n, det_g, sco_g = int(gpus), int(gpus), 0.5, 0.5
-        elif gpus > 0:
-            det_n, sco_n, det_g, sco_g = 1, 1, gpus / 2, gpus / 2
+        fuse = self.fuse_models if self.fuse_models is not None else (gpus == 0 or bool(self.decode_in_actors))
+        in_actors = self.decode_in_actors if self.decode_in_actors is not None else (fuse and gpus == 0)
+        if gpus > 0:
+            det_n = sco_n = max(1, int(gpus))
+            sco_g = min(gpus, 1.0) / 2
+            det_g = 2 * sco_g if fuse else sco_g
         else:
             det_g = sco_g = 0.0
-        free = max(cpus - max(decode_cpus, 0.2 * cpus), 0.25)  # CPUs for the model actors
-        per_actor = self.actor_cpus or (0.75 if small else 1.0)
+        kept = 0.0 if in_actors else max(decode_cpus, 0.2 * cpus)  # for decode tasks
+        free = max(cpus - kept, 0.25)  # CPUs for the model actors
+        per_actor = self.actor_cpus or (0.75 if small and not in_actors else 1.0)
         if gpus == 0:
             pools = 1 if fuse else 2
             det_n = max(1, int(free / pools // per_actor))
@@ -104,6 +130,7 @@ class JobConfig(BaseModel):
         actor_cpus = self.actor_cpus or min(per_actor, free / n_actors)
         return self.model_copy(update={
             "decode_cpus": decode_cpus,
+            "decode_in_actors": in_actors,
             "fuse_models": fuse,
             "actor_cpus": actor_cpus,
             "detector_actors": det_n,

@@ -74,14 +74,28 @@ def decode_files(batch: pd.DataFrame, *, fs: pafs.FileSystem, read_threads: int 
     return pa.Table.from_pylist([_decode_one(out, data) for out, data in read], schema=DECODED)
 
 
+def even_blocks(items: int, size: int, workers: int) -> int:
+    """How many blocks to cut ``items`` into: blocks of at most about ``size``, their count a multiple of
+    ``workers`` where there are enough items, so that the workers finish together (25 blocks of 8 on 2
+    model actors left one actor scoring the last block alone)."""
+    n = -(-items // size)
+    return min(-(-n // workers) * workers, items)
+
+
+def listing_dataset(files: pd.DataFrame, cfg: JobConfig) -> ray.data.Dataset:
+    """The listed ``files`` (``inputs.LISTING_COLUMNS``) as a dataset of even blocks of about
+    ``cfg.files_per_decode_task`` rows (``cfg`` resolved; see :func:`even_blocks`)."""
+    # from_items describes its blocks on the driver (from_pandas runs a task per block to do so)
+    # and splits the rows evenly.
+    return ray.data.from_items(files.astype(object).where(files.notna(), None).to_dict("records"),
+                               override_num_blocks=even_blocks(len(files), cfg.files_per_decode_task,
+                                                               cfg.detector_actors or 1))
+
+
 def decode_dataset(files: pd.DataFrame, fs: pafs.FileSystem, cfg: JobConfig) -> ray.data.Dataset:
-    """The listed ``files`` read and decoded by CPU tasks of ``cfg.files_per_decode_task`` files each
-    (``cfg`` resolved): ``DECODED`` rows."""
-    return (
-        # from_items describes its blocks on the driver; from_pandas runs a task per block to do so.
-        ray.data.from_items(files.astype(object).where(files.notna(), None).to_dict("records"),
-                            override_num_blocks=-(-len(files) // cfg.files_per_decode_task))
-        # Decode's own memory reservation also keeps Ray Data from fusing it into the model actors.
-        .map_batches(decode_files, batch_format="pandas", batch_size=None, fn_kwargs={"fs": fs},
-                     num_cpus=cfg.decode_cpus, memory=cfg.decode_memory_mb * 2**20)
-    )
+    """The listed ``files`` read and decoded by CPU tasks of about ``cfg.files_per_decode_task`` files
+    each (``cfg`` resolved): ``DECODED`` rows."""
+    # Decode's own memory reservation also keeps Ray Data from fusing it into the model actors.
+    return listing_dataset(files, cfg).map_batches(
+        decode_files, batch_format="pandas", batch_size=None, fn_kwargs={"fs": fs}, num_cpus=cfg.decode_cpus,
+        memory=cfg.decode_memory_mb * 2**20)

@@ -30,7 +30,7 @@ import pyarrow as pa
 import ray
 
 from ra2batch.job.config import JobConfig
-from ra2batch.job.decode import decode_dataset, decode_files
+from ra2batch.job.decode import decode_dataset, decode_files, even_blocks
 from ra2batch.job.predictors import DetectAndScore, ModelSource
 
 class PoolError(RuntimeError):
@@ -132,13 +132,13 @@ def unreserved(resources: dict[str, float], pools: list[Pool]) -> dict[str, floa
 
 
 def start_pool(models: str, storage_options: dict[str, Any] | None, version: str, config: JobConfig,
-               progress=print, decode_in_actors: bool | None = None) -> Pool:
+               progress=print) -> Pool:
     """Start (or find) the pool for the bundle at ``models``, sized like the job's model actors.
 
     ``config`` is resolved against the cluster: the pool gets ``detector_actors`` fused actors, each
     with ``actor_cpus`` CPUs and the GPU share the job's detector and joint-model actors would hold
-    together. ``decode_in_actors`` (default: on pools without GPUs) makes the actors read and decode
-    the files too. Blocks until every actor has loaded the models.
+    together; with ``decode_in_actors`` (default: on pools without GPUs) they read and decode the
+    files too. Blocks until every actor has loaded the models.
     """
     existing = running_pools().get(version)
     if existing:
@@ -146,7 +146,7 @@ def start_pool(models: str, storage_options: dict[str, Any] | None, version: str
         return existing
     cfg = config.resolved(ray.cluster_resources())
     gpus = (cfg.detector_gpus or 0.0) + (0.0 if cfg.fuse_models else cfg.scorer_gpus or 0.0)
-    decodes = gpus == 0 if decode_in_actors is None else decode_in_actors
+    decodes = bool(cfg.decode_in_actors)
     source = ModelSource(models, storage_options, cfg.torch_threads or 1, gpus > 0)
     names = [f"{PREFIX}{version}-{i}" for i in range(cfg.detector_actors or 1)]
     worker = ray.remote(PoolWorker)
@@ -187,11 +187,8 @@ def stop_pools(version: str | None = None) -> list[str]:
 
 
 def _even_parts(records: list[Any], step: int, multiple: int) -> list[list[Any]]:
-    """``records`` in parts of at most about ``step``, as even as possible and, where there are enough
-    records, a multiple of ``multiple`` parts: so the pool's actors finish together (25 parts of 8 on 2
-    actors left one actor scoring the last part alone)."""
-    n = -(-len(records) // step)
-    n = min(-(-n // multiple) * multiple, len(records))
+    """``records`` cut into ``decode.even_blocks`` parts, as even as possible."""
+    n = even_blocks(len(records), step, multiple)
     bounds = [round(i * len(records) / n) for i in range(n + 1)] if n else [0]
     return [records[a:b] for a, b in zip(bounds, bounds[1:])]
 

@@ -3,13 +3,16 @@
     list files (driver) -> read + decode (CPU tasks) -> Detector actors (one row per crop)
       -> JointScorer actors (one row per joint) -> driver: per-patient assembly -> write tables
 
+With GPUs, decode and inference are separate stages, so the GPUs never wait on JPEG or DICOM
+decoding. Without GPUs, one pool of fused actors reads, decodes, detects and scores
+(``JobConfig.decode_in_actors``, ``fuse_models``): the same cores would do all of it anyway, and so
+no decode worker process starts and neither pixels nor crops cross the object store. Either way,
+files that fail to decode flow past the models as error rows, and only file metadata and joint rows
+(about 86 per patient, no pixels) reach the driver.
+
 On a cluster that runs a warm model pool for the job's bundle (``model_pool.py``), the work goes to
 the pool's actors instead (listed files on a CPU pool, which decodes them; decoded blocks on a GPU
 pool), and the job starts no model actors of its own.
-
-Decode and inference are separate stages, so the model actors never wait on JPEG or DICOM decoding,
-and files that fail to decode flow past the models as error rows. Only file metadata and joint rows
-(about 86 per patient, no pixels) reach the driver.
 
 Fault tolerance is Ray Data's: a model actor that dies is restarted and its lost calls are replayed
 (actor pools default to unlimited ``max_restarts`` and ``max_task_retries``), and a lost decode task
@@ -35,9 +38,9 @@ from ra2batch.catalogue import COLUMNS, ID_COLUMN
 from ra2batch.job.assemble import assemble_patients, choose_images, fill_predictions
 from ra2batch.job.config import JobConfig
 from ra2batch.job.inputs import list_inputs
-from ra2batch.job.decode import decode_dataset
+from ra2batch.job.decode import decode_dataset, listing_dataset
 from ra2batch.job.model_pool import Pool, PoolError, running_pools, score_on_pool, unreserved
-from ra2batch.job.predictors import DetectAndScore, Detector, JointScorer, ModelSource
+from ra2batch.job.predictors import DecodeDetectAndScore, DetectAndScore, Detector, JointScorer, ModelSource
 from ra2batch.job.tables import IMAGES, JOINTS, STREAM, write_table
 from ra2batch.models import BundleError, load_bundle
 from ra2batch.storage import resolve
@@ -136,6 +139,11 @@ def build_dataset(files: pd.DataFrame, fs: Any, models: str, model_options: dict
         return ModelSource(models, model_options, cfg.torch_threads or 1, bool(gpus))
 
     scoring = _scoring_options(cfg)
+    if cfg.decode_in_actors:
+        return listing_dataset(files, cfg).map_batches(
+            DecodeDetectAndScore, batch_format="pandas", batch_size=None,
+            fn_constructor_kwargs={"fs": fs, "source": source(cfg.detector_gpus), **_fused_options(cfg)},
+            **actors(cfg.detector_actors, cfg.detector_gpus))
     decoded = decode_dataset(files, fs, cfg)
     if cfg.fuse_models:
         return decoded.map_batches(

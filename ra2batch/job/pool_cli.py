@@ -48,8 +48,8 @@ def _config(args: argparse.Namespace):
     from ra2batch.job.config import JobConfig
 
     gpu = {"fuse_models": True, "detector_gpus": args.actor_gpus} if args.actor_gpus is not None else {}
-    return JobConfig(detector_actors=args.actors, actor_cpus=args.actor_cpus, torch_threads=args.torch_threads,
-                     **gpu)
+    return JobConfig().merged({"detector_actors": args.actors, "actor_cpus": args.actor_cpus,
+                               "torch_threads": args.torch_threads, "decode_in_actors": args.decode_in_actors, **gpu})
 
 
 def main(args: argparse.Namespace) -> int:
@@ -81,8 +81,7 @@ def _act(args: argparse.Namespace, config, bundle, uri: str | None, options) -> 
 
     if args.action == "start":
         model_pool.start_pool(uri, options, bundle.model_version, config,
-                              progress=lambda m: print(m, file=sys.stderr, flush=True),
-                              decode_in_actors=args.decode_in_actors)
+                              progress=lambda m: print(m, file=sys.stderr, flush=True))
         print(f"model pool for {bundle.model_version} running; jobs scoring with this bundle use it "
               "(--model-pool auto, the default)")
     elif args.action == "list":

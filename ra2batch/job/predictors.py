@@ -12,11 +12,13 @@ from dataclasses import dataclass
 from typing import Any, Collection
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
 from ra2batch import catalogue
+from ra2batch.job.decode import decode_files
 from ra2batch.job.tables import IDENTITY, STREAM, unpack_pixels
 from ra2batch.models import ModelBundle, load_bundle
 
@@ -169,3 +171,16 @@ class DetectAndScore:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return self.scorer(self.detector(batch))
+
+
+class DecodeDetectAndScore:
+    """:class:`DetectAndScore` that first reads and decodes its listed files (``decode.decode_files``):
+    the CPU-only layout (``JobConfig.decode_in_actors``), where the same cores would decode them in
+    tasks anyway; no decode worker processes start and no pixels cross the object store."""
+
+    def __init__(self, fs: Any, source: ModelSource | ModelBundle, **options: Any):
+        self.fs = fs
+        self.stage = DetectAndScore(source, **options)
+
+    def __call__(self, batch: pd.DataFrame) -> pa.Table:
+        return self.stage(decode_files(batch, fs=self.fs))

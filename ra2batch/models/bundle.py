@@ -38,6 +38,7 @@ from ra2batch.models.manifest import FORMAT_VERSION, Architecture, Manifest, Pro
 from ra2batch.models.plan import PLAN, ModelPlan
 from ra2batch.models.preprocessing import Preprocessing
 from ra2batch.storage import Location, resolve
+from ra2batch.validation import one_line
 
 MANIFEST_NAME = "bundle.json"
 #: What a bundle holds; ``load_bundle(..., parts=...)`` builds a subset.
@@ -349,9 +350,7 @@ def _read_manifest(loc: Location, uri: str) -> tuple[dict[str, Any], Manifest]:
     try:
         return raw, Manifest.model_validate(raw)
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise BundleError(f"{uri}: invalid {MANIFEST_NAME}: {where}: {first['msg']}") from None
+        raise BundleError(f"{uri}: invalid {MANIFEST_NAME}: {one_line(e)}") from None
 
 
 def _read_weights(loc: Location, uri: str, manifest: Manifest, expected: Sequence[str]) -> dict[str, bytes]:

@@ -7,7 +7,10 @@ import json
 import shlex
 import sys
 
+from pydantic import ValidationError
+
 from ..scorer import ScoringError
+from ..validation import one_line
 from .dataset import DatasetError
 from .pipeline import RunSettings, TrainingError, train
 from .presets import PRESETS, TrainPreset, get_preset
@@ -95,6 +98,9 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         preset = configure(args)
+    except ValidationError as e:
+        print(f"ra2batch train: error: invalid training settings: {one_line(e)}", file=sys.stderr)
+        return 2
     except ValueError as e:
         print(f"ra2batch train: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
