@@ -39,7 +39,7 @@ from workloads import Spec  # noqa: E402
 #: JobConfig fields that have a command-line flag here (``--detector-batch-size`` etc.).
 NUMERIC_KNOBS = ("files_per_decode_task", "detector_actors", "detector_batch_size", "detector_gpus", "scorer_actors",
                  "scorer_batch_size", "scorer_gpus", "actor_cpus", "torch_threads")
-JOB_KNOBS = (*NUMERIC_KNOBS, "tta", "fuse_models")
+JOB_KNOBS = (*NUMERIC_KNOBS, "tta", "fuse_models", "decode_in_actors")
 GPU_TARGET = 250.0  # radiographs per second per H100, paper preset
 #: --model-pool value -> the job variants run: (name, JobConfig.model_pool)
 VARIANTS = {"warm": ("warm", "warm"), "job": ("cold", "job")}
@@ -83,6 +83,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "actors (job), or both (default)")
     p.add_argument("--fuse-models", action=argparse.BooleanOptionalAction, default=None,
                    help="JobConfig.fuse_models: one actor pool detects and scores (default: the job's, on without GPUs)")
+    p.add_argument("--decode-in-actors", action=argparse.BooleanOptionalAction, default=None,
+                   help="JobConfig.decode_in_actors: the fused actors (and a CPU pool's) read and decode their own "
+                   "files (default: the job's, on without GPUs)")
     args = p.parse_args(argv)
     if args.patients < 1:
         p.error("--patients must be at least 1")
