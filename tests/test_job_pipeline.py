@@ -464,6 +464,9 @@ def test_cli_errors_are_one_line(tiny_bundle, tmp_path, capsys, monkeypatch):
     assert main(["score", "--decode-in-actors", "--no-fuse-models"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "decode_in_actors needs the fused model actors" in err
+    with pytest.raises(SystemExit):  # argparse: usage, then the flag by its own name
+        main(["pool", "start", "--actors", "0"])
+    assert capsys.readouterr().err.strip().endswith("ra2batch pool: error: argument --actors: must be at least 1, got 0")
 
 
 def _demo_bundle_or_skip():

@@ -16,6 +16,17 @@ import os
 import sys
 
 
+def _at_least(low: float, kind: type):
+    """An argparse type: a number of ``kind`` no smaller than ``low``."""
+    def parse(text: str):
+        value = kind(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low:g}, got {text}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names it in "invalid int value"
+    return parse
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=("start", "list", "stop"),
                    help="start: load a bundle into detached model actors; list: the running pools; "
@@ -26,10 +37,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help='extra S3 settings for the bundle, e.g. \'{"endpoint_url": "http://127.0.0.1:9000"}\'')
     p.add_argument("--model-version", metavar="HASH", help="stop: only the pool of this model version")
     g = p.add_argument_group("pool size (start; unset ones are sized like the scoring job's model actors)")
-    g.add_argument("--actors", type=int, metavar="N", help="model actors (fused detector + joint models)")
-    g.add_argument("--actor-cpus", type=float, metavar="N", help="CPUs reserved by each actor")
-    g.add_argument("--actor-gpus", type=float, metavar="N", help="GPUs reserved by each actor (fractions allowed)")
-    g.add_argument("--torch-threads", type=int, metavar="N", help="intra-op threads of each actor")
+    g.add_argument("--actors", type=_at_least(1, int), metavar="N", help="model actors (fused detector + joint models)")
+    g.add_argument("--actor-cpus", type=_at_least(0.01, float), metavar="N", help="CPUs reserved by each actor")
+    g.add_argument("--actor-gpus", type=_at_least(0, float), metavar="N", help="GPUs reserved by each actor (fractions allowed)")
+    g.add_argument("--torch-threads", type=_at_least(1, int), metavar="N", help="intra-op threads of each actor")
     g.add_argument("--decode-in-actors", action=argparse.BooleanOptionalAction, default=None,
                    help="the actors read and decode the files too (default: on pools without GPUs, where the same "
                    "cores would decode them anyway and a job then starts no worker processes); off: jobs decode "
