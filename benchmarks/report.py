@@ -81,7 +81,7 @@ def _startup(result: dict[str, Any], variant: str) -> str:
             f"N {job['startup_s']:.1f} s, 4N {job4['startup_s']:.1f} s")
     if variant == "warm":
         return text + f"; of which the pool's start: N {job['pool_s']:.1f} s, 4N {job4['pool_s']:.1f} s"
-    n, n4 = (result["steady_throughput"].get(k) for k in ("job_cold", "job_cold_4n"))
+    n, n4 = (result["steady_throughput"].get(k) for k in (f"job_{variant}", f"job_{variant}_4n"))
     if not n or not n4:
         return text + "; job start-up (until the first model task): not found in Ray Data's log"
     return text + (f"; job start-up inside the wall time (driver, Ray Data, model actors importing torch and loading "
