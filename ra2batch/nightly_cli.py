@@ -40,5 +40,5 @@ def run(argv: list[str] | None = None) -> int:
     except (JobError, BundleError, ValueError, OSError) as e:
         print(f"nightly_rescore: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
-    print(record.format(args.output))
+    print(record.format())
     return 0

@@ -64,6 +64,26 @@ class Location:
         with self.fs.open_output_stream(target) as f:
             f.write(data)
 
+    def delta_options(self) -> dict[str, str] | None:
+        """The same store's settings as delta-rs storage options (``None`` for a local path).
+
+        S3 commits use conditional writes (``conditional_put: etag``, supported by AWS S3, MinIO and
+        R2), so two writers can never both commit the same table version; no lock table is needed.
+        """
+        if not is_remote(self.uri):
+            return None
+        s = self.options
+        opts = {"AWS_REGION": str(s["region"]), "conditional_put": "etag"}
+        if s.get("endpoint_url"):
+            opts["AWS_ENDPOINT_URL"] = str(s["endpoint_url"])
+            if str(s["endpoint_url"]).startswith("http://"):
+                opts["AWS_ALLOW_HTTP"] = "true"
+        for key, name in (("key", "AWS_ACCESS_KEY_ID"), ("secret", "AWS_SECRET_ACCESS_KEY"),
+                          ("token", "AWS_SESSION_TOKEN")):
+            if s.get(key):
+                opts[name] = str(s[key])
+        return opts
+
     def fsspec(self):
         """An fsspec filesystem for the same store (for pandas/duckdb readers that want one)."""
         if not is_remote(self.uri):

@@ -69,18 +69,29 @@ class S3Bucket:
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint():
-    """``http://127.0.0.1:PORT`` of a moto S3 server running for the whole session."""
-    import logging
+def s3_endpoint(tmp_path_factory):
+    """``http://127.0.0.1:PORT`` of a moto S3 server running for the whole session.
 
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per request otherwise
+    The server is a process of its own: delta-rs holds the GIL during some calls (restore, history),
+    which would stall a server thread inside the test process until the call timed out.
+    """
     port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    log = tmp_path_factory.mktemp("moto") / "server.log"
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                raise RuntimeError(f"moto's S3 server did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.2)
     yield f"http://127.0.0.1:{port}"
-    server.stop()
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=10)
 
 
 @pytest.fixture

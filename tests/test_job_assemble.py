@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from ra2batch import catalogue
-from ra2batch.job.assemble import assemble_patients, choose_images, fill_predictions
+from ra2batch.job.assemble import assemble_patients, choose_images, predictions, with_fill_flags
 
 MEDIANS = {c: 0.5 for c in catalogue.COLUMNS}
 
@@ -61,7 +61,7 @@ def test_missing_limb_and_failed_file_are_flagged_and_totals_partial():
 def test_predictions_fill_from_the_other_side_then_the_median_and_say_so():
     images, _ = _images(("/LH.jpg", "P3", None, "LH", "ok"))
     patients = assemble_patients(images, _joints("/LH.jpg", "P3", "LH", value=3.0))
-    pred, patients = fill_predictions(patients, MEDIANS)
+    pred, patients = predictions(patients, MEDIANS, visits=False), with_fill_flags(patients, MEDIANS)
     assert list(pred.columns) == list(catalogue.TEMPLATE_ORDER)
     row = pred.iloc[0]
     assert row["RH_wrist_E__lunate"] == 3.0 and row["LF_mtp_E__ip"] == 0.5
@@ -79,7 +79,7 @@ def test_visits_are_separate_patient_rows_and_a_predictions_column():
                         _joints("/P4-V2-LH.jpg", "P4", "LH", value=2.0, visit="V2")])
     patients = assemble_patients(images, joints)
     assert patients[["Patient_ID", "visit", "LH_mcp_E__1"]].values.tolist() == [["P4", "V1", 1.0], ["P4", "V2", 2.0]]
-    pred, _ = fill_predictions(patients, MEDIANS)
+    pred = predictions(patients, MEDIANS, visits=True)
     assert list(pred.columns[:2]) == ["Patient_ID", "visit"]
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -114,11 +113,16 @@ def write_zoo(root: Path) -> dict[str, str | None]:
 
 
 def read_outputs(loc) -> dict[str, pd.DataFrame]:
-    """The three tables and predictions.csv under an output Location."""
-    out = {name: pq.read_table(loc.join(name), filesystem=loc.fs).to_pandas()
-           for name in ("images", "joints", "patients")}
+    """The tables (as published: ``ra2batch.output``) and predictions.csv under an output Location,
+    rows in a fixed order (a table's rows come bucket by bucket)."""
+    from ra2batch.output import open_output
+
+    snapshot = open_output(loc.uri, loc.options or None)
+    order = {"images": ["path"], "joints": ["Patient_ID", "visit", "limb", "column"],
+             "patients": ["Patient_ID", "visit"], "catalogue": ["path"]}
+    out = {name: snapshot.to_pandas(name).sort_values(keys, ignore_index=True) for name, keys in order.items()}
     with loc.fs.open_input_stream(loc.join("predictions.csv")) as f:
-        out["predictions"] = pd.read_csv(f, dtype={"Patient_ID": str})
+        out["predictions"] = pd.read_csv(f, dtype={"Patient_ID": str}).sort_values("Patient_ID", ignore_index=True)
     return out
 
 
@@ -145,7 +149,8 @@ def test_decoded_pixels_reach_the_detector_as_decoded(tmp_path):
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
     listing = pd.DataFrame([{"path": str(tmp_path / n), "Patient_ID": "P1", "visit": None, "limb": n[3:5],
-                             "size_bytes": len(d), "problem": None} for n, d in files.items()])
+                             "size_bytes": len(d), "mtime": None, "problem": None, "bucket": 0}
+                            for n, d in files.items()])
     rows = decode_files(listing, fs=pafs.LocalFileSystem()).to_pylist()
     for name, row in zip(files, rows):
         expected = decode(files[name], name).pixels
@@ -232,14 +237,14 @@ def test_rerun_replaces_outputs_with_the_same_rows(ray_local, tiny_bundle, tmp_p
     printed = capsys.readouterr().out
     assert "8 ok, 0 in error; 2 patient(s)" in printed and f"predictions.csv: {out}/predictions.csv" in printed
     before = read_outputs(resolve(str(out)))
-    # what an interrupted earlier run may leave behind must not survive a rerun
-    (out / "joints" / "part-00007.parquet").write_bytes((out / "joints" / "part-00000.parquet").read_bytes())
+    # a data file that an interrupted run may leave behind is part of no published version
+    stray = next((out / "joints").rglob("part-*.parquet"))
+    (stray.parent / "part-stray.parquet").write_bytes(stray.read_bytes())
     # the rerun also takes the GPU clusters' layout (separate detector and joint-model pools) where the
     # first run fused both stages (the CPU default): the two layouts must give the same outputs
     second = score_archive(str(tmp_path / "archive"), str(out), models=tiny_bundle,
                            config=JobConfig(detector_batch_size=3, scorer_batch_size=32, fuse_models=False))
     after = read_outputs(resolve(str(out)))
-    assert sorted(p.name for p in (out / "joints").iterdir()) == ["part-00000.parquet"]
     assert (second.joints, second.patients) == (2 * 86, 2)
     # the same rows, and the same values up to float rounding (the same batch sizes in both runs:
     # an untrained detector's near-tied boxes could flip under another batch size's rounding)
@@ -505,4 +510,4 @@ def test_no_arguments_scores_the_demo_archive(ray_local, tmp_path, monkeypatch, 
     assert main(["score"]) == 0
     printed = capsys.readouterr().out
     assert "32 ok, 0 in error; 8 patient(s)" in printed and "ra2batch evaluate --predictions ra2-output" in printed
-    assert (tmp_path / "ra2-output" / "patients" / "part-00000.parquet").is_file()
+    assert (tmp_path / "ra2-output" / "patients" / "_delta_log").is_dir()

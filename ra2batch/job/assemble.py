@@ -1,9 +1,10 @@
 """Per-patient assembly: from per-image and per-joint rows to the patients table and predictions.csv.
 
-Runs on the driver in pandas: it sees file metadata and about 86 joint rows per patient, never
-pixels. A joint that was not scored stays NaN in the patients table (never 0, never another joint's
-value) and is explained by the patient's ``qc_flags``; only predictions.csv, which the challenge
-format requires to be complete, fills it, and records each fill as ``filled:COLUMN``.
+Pandas rules over one bucket's rows (``job.reduce`` runs them on the cluster, a bucket at a time): they
+see file metadata and about 86 joint rows per patient, never pixels. A joint that was not scored
+stays NaN in the patients table (never 0, never another joint's value) and is explained by the
+patient's ``qc_flags``; only predictions.csv, which the challenge format requires to be complete,
+fills it, and each fill is recorded as ``filled:COLUMN``.
 """
 
 from __future__ import annotations
@@ -110,12 +111,10 @@ def _other_side(column: str) -> str:
     return ("R" if column[0] == "L" else "L") + column[1:]
 
 
-def fill_predictions(patients: pd.DataFrame, medians: Mapping[str, float]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """predictions.csv in the RA2 template layout with no missing values, and ``patients`` with a
-    ``filled:COLUMN`` flag for every value filled (from the other side's joint, else the median).
-
-    With visits, a ``visit`` column follows ``Patient_ID`` (one row per patient visit).
-    """
+def _filled(patients: pd.DataFrame, medians: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    """``(values, gaps)``: the 86 columns (``COLUMNS`` order) with every missing joint filled from the
+    same joint on the other side when that was scored, else from the training median; ``gaps`` marks
+    the filled ones. The one fill rule of predictions.csv."""
     missing = [c for c in COLUMNS if c not in medians]
     if missing:
         raise ValueError(f"no label median for {len(missing)} column(s) (first: {missing[0]})")
@@ -123,16 +122,30 @@ def fill_predictions(patients: pd.DataFrame, medians: Mapping[str, float]) -> tu
     mirror = patients[[_other_side(c) for c in COLUMNS]].to_numpy(float)
     median = np.array([medians[c] for c in COLUMNS], dtype=float)
     gaps = np.isnan(scored)
-    values = np.where(gaps, np.where(np.isnan(mirror), median, mirror), scored)
+    return np.where(gaps, np.where(np.isnan(mirror), median, mirror), scored), gaps
+
+
+def with_fill_flags(patients: pd.DataFrame, medians: Mapping[str, float]) -> pd.DataFrame:
+    """``patients`` with a ``filled:COLUMN`` QC flag for every value predictions.csv fills."""
+    _, gaps = _filled(patients, medians)
+    names = np.array([f"filled:{c}" for c in COLUMNS], dtype=object)
+    return patients.assign(qc_flags=[list(f) + names[g].tolist() for f, g in zip(patients["qc_flags"], gaps)])
+
+
+def predictions(patients: pd.DataFrame, medians: Mapping[str, float], visits: bool) -> pd.DataFrame:
+    """predictions.csv rows of ``patients`` in the RA2 template layout, with no missing values.
+
+    With ``visits`` (any patient of the output has one), a ``visit`` column follows ``Patient_ID``
+    (one row per patient visit).
+    """
+    values, _ = _filled(patients, medians)
     pred = pd.DataFrame(values, columns=list(COLUMNS))
     pred["Overall_erosion"] = values[:, _IS_EROSION].sum(axis=1)
     pred["Overall_narrowing"] = values[:, ~_IS_EROSION].sum(axis=1)
     pred["Overall_Tol"] = values.sum(axis=1)
     pred.insert(0, "visit", patients["visit"].to_numpy())
     pred.insert(0, ID_COLUMN, patients[ID_COLUMN].to_numpy())
-    names = np.array([f"filled:{c}" for c in COLUMNS], dtype=object)
-    patients = patients.assign(qc_flags=[list(f) + names[g].tolist() for f, g in zip(patients["qc_flags"], gaps)])
     order = list(TEMPLATE_ORDER)
-    if pred["visit"].notna().any():
+    if visits:
         order.insert(1, "visit")
-    return pred[order], patients
+    return pred[order]

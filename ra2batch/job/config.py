@@ -13,6 +13,7 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ra2batch.output.schema import MAX_BUCKETS, RADIOGRAPHS_PER_BUCKET
 from ra2batch.validation import one_line
 
 
@@ -25,6 +26,11 @@ class JobConfig(BaseModel):
         "auto", description="auto: score on the cluster's warm model pool for this bundle when one runs "
         "(`ra2batch pool start`; no model start-up in the job), else start the job's own model actors; "
         "warm: require such a pool; job: always the job's own actors")
+    buckets: int | None = Field(
+        None, ge=1, le=MAX_BUCKETS, description="buckets of a new output: every table is partitioned by a hash of "
+        "Patient_ID into this many, and a nightly merge rewrites only the files of the buckets it touches "
+        f"(default: a power of two, about {RADIOGRAPHS_PER_BUCKET} radiographs a bucket; an output keeps its "
+        "count until `ra2batch score` rewrites it)")
     files_per_decode_task: int = Field(8, ge=1, description="files read and decoded by one CPU task (or one "
                                        "model-actor call, when decode_in_actors)")
     decode_in_actors: bool | None = Field(

@@ -19,10 +19,13 @@ import ray
 
 from ra2batch.imaging.readers import ImageDecodeError, decode
 from ra2batch.job.inputs import fs_path
-from ra2batch.job.tables import DECODED, IDENTITY, pack_pixels
+from ra2batch.job.tables import DECODED, pack_pixels
+from ra2batch.output.schema import BUCKET, ID_FIELDS
 
 if TYPE_CHECKING:
     from ra2batch.job.config import JobConfig
+
+ID_NAMES = [f.name for f in ID_FIELDS]
 
 
 def _text(v: Any) -> str | None:
@@ -32,9 +35,10 @@ def _text(v: Any) -> str | None:
 def _read_one(fs: pafs.FileSystem, row: dict[str, Any]) -> tuple[dict[str, Any], bytes | None]:
     """One listed file -> its ``DECODED`` row so far (identity, size, hash, or the error) and its
     bytes (``None`` when there is nothing to decode)."""
-    out = {k: _text(row[k]) for k in IDENTITY}
-    out.update(status="error", error=_text(row["problem"]), size_bytes=None if pd.isna(row["size_bytes"])
-               else int(row["size_bytes"]))
+    out = {k: _text(row[k]) for k in ID_NAMES}
+    out.update({BUCKET: int(row[BUCKET])}, status="error", error=_text(row["problem"]),
+               size_bytes=None if pd.isna(row["size_bytes"]) else int(row["size_bytes"]),
+               mtime=None if pd.isna(row["mtime"]) else row["mtime"])
     if out["error"] and out["size_bytes"] is None:
         return out, None  # not found: nothing to read
     try:
@@ -86,7 +90,10 @@ def listing_dataset(files: pd.DataFrame, cfg: JobConfig) -> ray.data.Dataset:
     """The listed ``files`` (``inputs.LISTING_COLUMNS``) as a dataset of even blocks of about
     ``cfg.files_per_decode_task`` rows (``cfg`` resolved; see :func:`even_blocks`)."""
     # from_items describes its blocks on the driver (from_pandas runs a task per block to do so)
-    # and splits the rows evenly.
+    # and splits the rows evenly. Times go as microseconds since the epoch: its conversion to
+    # NumPy would drop their time zone (with a warning); the decode stage's Arrow schema reads them back.
+    mtime = files["mtime"].dt.as_unit("us")
+    files = files.assign(mtime=mtime.astype("int64").astype("Int64").mask(mtime.isna()))
     return ray.data.from_items(files.astype(object).where(files.notna(), None).to_dict("records"),
                                override_num_blocks=even_blocks(len(files), cfg.files_per_decode_task,
                                                                cfg.detector_actors or 1))

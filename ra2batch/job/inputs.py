@@ -1,6 +1,6 @@
 """Which files the job scores and whose radiographs they are.
 
-The archive is listed once on the driver (paths and sizes only, never the bytes). Each file is
+The archive is listed once on the driver (paths, sizes and modification times, never the bytes). Each file is
 identified by its stem, ``{Patient_ID}-{limb}`` or ``{Patient_ID}-{visit}-{limb}``, or by a manifest
 for archives named otherwise. A file that cannot be identified is kept with a ``problem`` so that it
 becomes an images row with status ``error``: every listed file is accounted for.
@@ -19,7 +19,7 @@ from ra2batch.catalogue import ID_COLUMN, LIMBS
 from ra2batch.storage import Location, is_remote, resolve
 
 RADIOGRAPH_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm", ".dicom")
-LISTING_COLUMNS = ("path", ID_COLUMN, "visit", "limb", "size_bytes", "problem")
+LISTING_COLUMNS = ("path", ID_COLUMN, "visit", "limb", "size_bytes", "mtime", "problem")
 _NAMING = "expected {Patient_ID}-{LH|RH|LF|RF} or {Patient_ID}-{visit}-{limb}, or pass --manifest"
 
 
@@ -68,29 +68,38 @@ def _absolute(loc: Location, path: str) -> str:
     return loc.uri_of(path)
 
 
-def _walk(loc: Location) -> tuple[dict[str, int], int]:
-    """Radiograph URIs under ``loc`` with their sizes, and the count of other files."""
+def _stat(info: pafs.FileInfo) -> tuple[int, pd.Timestamp | None]:
+    """A listed file's size and modification time (UTC, to the microsecond the tables keep; ``None``
+    where the store gives none)."""
+    mtime = None if info.mtime is None else pd.Timestamp(info.mtime)
+    if mtime is not None:
+        mtime = (mtime.tz_localize("UTC") if mtime.tzinfo is None else mtime.tz_convert("UTC")).floor("us")
+    return int(info.size), mtime
+
+
+def _walk(loc: Location) -> tuple[dict[str, tuple[int, pd.Timestamp | None]], int]:
+    """Radiograph URIs under ``loc`` with their size and modification time, and the count of other files."""
     info = loc.fs.get_file_info(loc.path)
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"input {loc.uri} does not exist")
     infos = [info] if info.type == pafs.FileType.File else loc.fs.get_file_info(
         pafs.FileSelector(loc.path, recursive=True))
-    found: dict[str, int] = {}
+    found: dict[str, tuple[int, pd.Timestamp | None]] = {}
     ignored = 0
     for i in infos:
         if i.type != pafs.FileType.File:
             continue
         if is_radiograph(i.path):
-            found[_uri(loc, i.path)] = int(i.size)
+            found[_uri(loc, i.path)] = _stat(i)
         else:
             ignored += 1
     return found, ignored
 
 
-def _sizes(loc: Location, uris: Sequence[str]) -> dict[str, int]:
-    """Sizes of the given files; files that do not exist are left out."""
+def _file_stats(loc: Location, uris: Sequence[str]) -> dict[str, tuple[int, pd.Timestamp | None]]:
+    """Size and modification time of the given files; files that do not exist are left out."""
     infos = loc.fs.get_file_info([fs_path(u) for u in uris]) if uris else []
-    return {u: int(i.size) for u, i in zip(uris, infos) if i.type == pafs.FileType.File}
+    return {u: _stat(i) for u, i in zip(uris, infos) if i.type == pafs.FileType.File}
 
 
 def read_manifest(uri: str, loc: Location, storage_options: dict[str, Any] | None = None) -> pd.DataFrame:
@@ -150,18 +159,20 @@ def list_inputs(
     table = read_manifest(manifest, loc, storage_options) if manifest else None
     if paths is not None:
         wanted = sorted({_absolute(loc, p) for p in paths})
-        sizes, ignored = _sizes(loc, wanted), 0
+        stats, ignored = _file_stats(loc, wanted), 0
     else:
-        sizes, ignored = _walk(loc)
-        extra = [] if table is None else [u for u in table.index if u not in sizes]
-        sizes.update(_sizes(loc, extra))
-        wanted = sorted(set(sizes) | set(extra))
+        stats, ignored = _walk(loc)
+        extra = [] if table is None else [u for u in table.index if u not in stats]
+        stats.update(_file_stats(loc, extra))
+        wanted = sorted(set(stats) | set(extra))
     rows = []
     for uri in wanted:
         pid, visit, limb, problem = _identify(uri, table)
-        if uri not in sizes:
+        if uri not in stats:
             problem = "file not found" + (" (listed in the manifest)" if table is not None else "")
-        rows.append((uri, pid, visit, limb, sizes.get(uri), problem))
+        size, mtime = stats.get(uri, (None, None))
+        rows.append((uri, pid, visit, limb, size, mtime, problem))
     files = pd.DataFrame(rows, columns=list(LISTING_COLUMNS))
     files["size_bytes"] = files["size_bytes"].astype("Int64")
+    files["mtime"] = pd.to_datetime(files["mtime"], utc=True)
     return Listing(files=files, ignored=ignored)

@@ -42,6 +42,8 @@ PREFIX = "models-"
 #: Calls queued per actor: one running, one waiting, so an actor never idles between blocks.
 IN_FLIGHT_PER_ACTOR = 2
 START_TIMEOUT_S = 600.0
+#: CPUs a job on a pool needs for its own tasks (Ray Data's shuffle of the reduce stage takes whole CPUs).
+JOB_CPUS = 1.0
 
 
 class PoolWorker:
@@ -138,14 +140,21 @@ def start_pool(models: str, storage_options: dict[str, Any] | None, version: str
     ``config`` is resolved against the cluster: the pool gets ``detector_actors`` fused actors, each
     with ``actor_cpus`` CPUs and the GPU share the job's detector and joint-model actors would hold
     together; with ``decode_in_actors`` (default: on pools without GPUs) they read and decode the
-    files too. Blocks until every actor has loaded the models.
+    files too. A CPU-only pool keeps one actor per CPU but, unless ``actor_cpus`` is given, reserves
+    ``JOB_CPUS`` fewer CPUs than the cluster has: the jobs it serves need a CPU for their own tasks
+    (the shuffle and reduce stage), which run when the models are done. Blocks until every actor has
+    loaded the models.
     """
     existing = running_pools().get(version)
     if existing:
         progress(f"a pool for model {version} is already running ({len(existing.names)} actor(s))")
         return existing
-    cfg = config.resolved(ray.cluster_resources())
+    resources = ray.cluster_resources()
+    cfg = config.resolved(resources)
     gpus = (cfg.detector_gpus or 0.0) + (0.0 if cfg.fuse_models else cfg.scorer_gpus or 0.0)
+    if not gpus and config.actor_cpus is None:
+        n = cfg.detector_actors or 1
+        cfg = cfg.model_copy(update={"actor_cpus": max(0.05, round((resources.get("CPU", 1.0) - JOB_CPUS) / n, 2))})
     decodes = bool(cfg.decode_in_actors)
     source = ModelSource(models, storage_options, cfg.torch_threads or 1, gpus > 0)
     names = [f"{PREFIX}{version}-{i}" for i in range(cfg.detector_actors or 1)]
@@ -194,8 +203,9 @@ def _even_parts(records: list[Any], step: int, multiple: int) -> list[list[Any]]
 
 
 def score_on_pool(files: pd.DataFrame, fs: Any, cfg: JobConfig, pool: Pool,
-                  options: dict[str, Any]) -> Iterator[pa.Table]:
-    """The pool's ``STREAM`` tables for the listed ``files`` (``cfg`` resolved), as they finish (in no fixed order).
+                  options: dict[str, Any]) -> Iterator[ray.ObjectRef]:
+    """References to the pool's ``STREAM`` tables for the listed ``files`` (``cfg`` resolved), as they
+    finish (in no fixed order); the tables stay in the object store.
 
     Work goes in blocks of about ``cfg.files_per_decode_task`` files, each to the actor with the fewest
     calls outstanding, at most ``IN_FLIGHT_PER_ACTOR`` per actor. A CPU pool's actors read and decode
@@ -215,7 +225,7 @@ def score_on_pool(files: pd.DataFrame, fs: Any, cfg: JobConfig, pool: Pool,
     else:
         own = [records[i:i + step] for i in range(0, min(len(records), len(handles) * step), step)]
 
-    def submit(call) -> Iterator[pa.Table]:
+    def submit(call) -> Iterator[ray.ObjectRef]:
         while min(load) >= IN_FLIGHT_PER_ACTOR:
             done, _ = ray.wait(list(pending), num_returns=1)
             yield from collect(done)
@@ -223,10 +233,10 @@ def score_on_pool(files: pd.DataFrame, fs: Any, cfg: JobConfig, pool: Pool,
         pending[call(handles[i])] = i
         load[i] += 1
 
-    def collect(done: list[ray.ObjectRef]) -> Iterator[pa.Table]:
+    def collect(done: list[ray.ObjectRef]) -> Iterator[ray.ObjectRef]:
         for ref in done:
             load[pending.pop(ref)] -= 1
-            yield ray.get(ref)
+            yield ref
 
     for part in own:
         yield from submit(lambda actor, part=part: actor.score_files.remote(part, fs, options))

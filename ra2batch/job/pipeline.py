@@ -1,28 +1,38 @@
-"""The scoring job as one Ray Data pipeline, streaming; the archive is never materialised.
+"""The scoring job as one Ray Data pipeline, streaming; the driver only plans, counts and commits.
 
-    list files (driver) -> read + decode (CPU tasks) -> Detector actors (one row per crop)
-      -> JointScorer actors (one row per joint) -> driver: per-patient assembly -> write tables
+    list files (driver) -> plan (driver) -> read + decode (CPU tasks) -> Detector actors (one row per
+      crop) -> JointScorer actors (one row per joint) -> shuffle by bucket -> assemble and write each
+      bucket's data files (tasks) -> driver: one Delta commit per table -> predictions.csv -> manifest
 
 With GPUs, decode and inference are separate stages, so the GPUs never wait on JPEG or DICOM
 decoding. Without GPUs, one pool of fused actors reads, decodes, detects and scores
 (``JobConfig.decode_in_actors``, ``fuse_models``): the same cores would do all of it anyway, and so
 no decode worker process starts and neither pixels nor crops cross the object store. Either way,
-files that fail to decode flow past the models as error rows, and only file metadata and joint rows
-(about 86 per patient, no pixels) reach the driver.
+files that fail to decode flow past the models as error rows. Per-patient assembly is a reduce
+stage on the cluster (``job.reduce``): image and joint rows go from the model actors through Ray
+Data's shuffle to the tasks that write them, and the driver receives counts, file actions and a
+bounded sample of messages, so its memory does not grow with the archive.
 
 On a cluster that runs a warm model pool for the job's bundle (``model_pool.py``), the work goes to
 the pool's actors instead (listed files on a CPU pool, which decodes them; decoded blocks on a GPU
 pool), and the job starts no model actors of its own.
 
+Outputs are versioned (``ra2batch.output``): a run takes the output's lease, commits each table, and
+publishes its manifest last, so a run killed at any point leaves the previous run's tables in force
+and a reader never sees tables of two runs. ``ra2batch score`` replaces the whole output;
+``ra2batch.nightly`` merges what changed.
+
 Fault tolerance is Ray Data's: a model actor that dies is restarted and its lost calls are replayed
-(actor pools default to unlimited ``max_restarts`` and ``max_task_retries``), and a lost decode task
-is retried. Every stage is a deterministic function of its input rows, so a replay yields the same
-rows, and a block's output replaces the lost attempt's rather than adding to it.
+(actor pools default to unlimited ``max_restarts`` and ``max_task_retries``), and a lost decode or
+reduce task is retried. Every stage is a deterministic function of its input rows, so a replay yields
+the same rows, and a reduce task writes its bucket's files under names of its own, so a retry
+replaces its earlier attempt's files rather than adding to them.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -35,17 +45,25 @@ import pyarrow.compute as pc
 import ray
 
 from ra2batch.catalogue import COLUMNS, ID_COLUMN
-from ra2batch.job.assemble import assemble_patients, choose_images, fill_predictions
+from ra2batch.job.assemble import predictions
 from ra2batch.job.config import JobConfig
-from ra2batch.job.inputs import list_inputs
 from ra2batch.job.decode import decode_dataset, listing_dataset
-from ra2batch.job.model_pool import Pool, PoolError, running_pools, score_on_pool, unreserved
+from ra2batch.job.inputs import list_inputs
+from ra2batch.job.model_pool import JOB_CPUS, Pool, PoolError, running_pools, score_on_pool, unreserved
+from ra2batch.job.plan import RunPlan, full_plan, merge_plan
 from ra2batch.job.predictors import DecodeDetectAndScore, DetectAndScore, Detector, JointScorer, ModelSource
-from ra2batch.job.tables import IMAGES, JOINTS, STREAM, write_table
-from ra2batch.models import BundleError, load_bundle
+from ra2batch.job.reduce import SAMPLE, ReducePlan, reduce_bucket
+from ra2batch.job.tables import REDUCE
+from ra2batch.models import BundleError, ModelBundle, load_bundle
+from ra2batch.output import OutputBusy, Snapshot
+from ra2batch.output.delta import CommitConflict
+from ra2batch.output.schema import BUCKET, TABLES
+from ra2batch.output.writer import PREDICTIONS, commit_tables, install_predictions, repair, stage_predictions, writing
 from ra2batch.storage import resolve
 
 DEMO_BUNDLE = Path(__file__).resolve().parent.parent / "demo_bundle"
+#: Shuffle partitions of the reduce stage, at most (each holds one or more buckets).
+MAX_PARTITIONS = 1024
 
 
 class JobError(RuntimeError):
@@ -54,44 +72,69 @@ class JobError(RuntimeError):
 
 @dataclass
 class JobSummary:
-    """What a run did: counts, speed and where each output is."""
+    """What a run did: counts, speed, and the output version it published."""
 
+    kind: str
     input: str
     output: str
-    files: int
+    run_id: str
+    version: int
+    listed: int
+    scored: int
+    removed: int
     images_ok: int
     images_error: int
     patients: int
     joints: int
     seconds: float
     model_version: str
+    full: bool = False
     cluster: str = ""
     outputs: dict[str, str] = field(default_factory=dict)
     duplicates: list[str] = field(default_factory=list)
+    n_duplicates: int = 0
     errors: list[str] = field(default_factory=list)
     ignored_files: int = 0
     model_actors: str = ""
 
     @property
+    def files(self) -> int:
+        """Radiograph files scored by this run."""
+        return self.scored
+
+    @property
+    def skipped(self) -> int:
+        """Listed files left as they were (a nightly run's unchanged files)."""
+        return self.listed - self.scored
+
+    @property
     def images_per_second(self) -> float:
-        return self.files / self.seconds if self.seconds > 0 else 0.0
+        return self.scored / self.seconds if self.seconds > 0 else 0.0
 
     def format(self) -> str:
-        lines = [
-            f"scored {self.files} radiograph file(s) from {self.input}: {self.images_ok} ok, "
-            f"{self.images_error} in error; {self.patients} patient(s), {self.joints} joint scores",
-            f"{self.seconds:.1f} s, {self.images_per_second:.2f} radiographs/s on {self.cluster}, "
-            f"model {self.model_version}" + (f" on {self.model_actors}" if self.model_actors else ""),
-        ]
-        if not self.files:
+        if self.kind == "nightly":
+            lines = [f"nightly run {self.run_id} ({self.seconds:.1f} s, model {self.model_version}): {self.listed} "
+                     f"file(s) listed; {self.scored} scored ({self.images_error} in error), {self.skipped} unchanged, "
+                     f"{self.removed} removed; {self.patients} patient(s) rebuilt"]
+        else:
+            lines = [f"scored {self.scored} radiograph file(s) from {self.input}: {self.images_ok} ok, "
+                     f"{self.images_error} in error; {self.patients} patient(s), {self.joints} joint scores"]
+        if self.scored:
+            lines.append(f"{self.seconds:.1f} s, {self.images_per_second:.2f} radiographs/s on {self.cluster}, "
+                         f"model {self.model_version}" + (f" on {self.model_actors}" if self.model_actors else ""))
+        if not self.listed:
             lines.append("no radiograph files found: the job looks for *.jpg, *.jpeg, *.png, *.dcm and *.dicom "
                          "at any depth under the input")
         if self.ignored_files:
             lines.append(f"ignored {self.ignored_files} file(s) that are not radiographs (by suffix)")
-        lines += [f"duplicate: {m}" for m in self.duplicates]
+        lines += [f"duplicate: {m}" for m in self.duplicates[:5]]
+        if self.n_duplicates > 5:
+            lines.append(f"... and {self.n_duplicates - 5} more patient limbs with duplicate files "
+                         "(images table, chosen = false)")
         lines += [f"error: {m}" for m in self.errors[:5]]
-        if len(self.errors) > 5:
-            lines.append(f"... and {len(self.errors) - 5} more errors (images table, status = 'error')")
+        if self.images_error > 5:
+            lines.append(f"... and {self.images_error - 5} more errors (images table, status = 'error')")
+        lines.append(f"output version {self.version} (run {self.run_id}):")
         width = max(map(len, self.outputs)) + 1 if self.outputs else 0
         lines += [f"  {name + ':':<{width}} {uri}" for name, uri in self.outputs.items()]
         return "\n".join(lines)
@@ -162,21 +205,65 @@ def build_dataset(files: pd.DataFrame, fs: Any, models: str, model_options: dict
     )
 
 
-def _collect(parts: Iterator[pa.Table]) -> pa.Table:
-    """All rows the pipeline yields, with the crop pixels already dropped by the scorer."""
-    parts = [b.cast(STREAM) for b in parts]
-    return pa.concat_tables(parts) if parts else STREAM.empty_table()
-
-
 def _score(files: pd.DataFrame, fs: Any, models: str, model_options: dict[str, Any] | None, cfg: JobConfig,
-           pool: Pool | None) -> pa.Table:
-    """Every ``STREAM`` row of the scored ``files``, on the warm ``pool`` or on the job's own actors."""
-    if not len(files):
-        return STREAM.empty_table()
+           pool: Pool | None) -> ray.data.Dataset:
+    """The ``REDUCE`` rows of the scored ``files``, on the warm ``pool`` or on the job's own actors."""
     if pool is not None:
-        return _collect(score_on_pool(files, fs, cfg, pool, _fused_options(cfg)))
-    dataset = build_dataset(files, fs, models, model_options, cfg)
-    return _collect(dataset.iter_batches(batch_format="pyarrow", batch_size=None))
+        stream = ray.data.from_arrow_refs(list(score_on_pool(files, fs, cfg, pool, _fused_options(cfg))))
+    else:
+        stream = build_dataset(files, fs, models, model_options, cfg)
+    return stream.select_columns(REDUCE.names)
+
+
+@dataclass
+class Totals:
+    """What the reduce tasks report, summed: file actions by table, counts and message samples."""
+
+    actions: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {name: [] for name in TABLES})
+    counts: dict[str, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+
+    def add(self, results: pa.Table) -> None:
+        for row in results.to_pylist():
+            for action in row["actions"]:
+                self.actions[action["table"]].append(action)
+            for key in ("scored", "removed", "images_ok", "images_error", "patients", "joints", "duplicates"):
+                self.counts[key] = self.counts.get(key, 0) + row[key]
+            self.errors = sorted(self.errors + row["errors"])[:SAMPLE]
+            self.duplicates = sorted(self.duplicates + row["duplicate_messages"])[:SAMPLE]
+
+    def __getitem__(self, key: str) -> int:
+        return self.counts.get(key, 0)
+
+
+def reduce_and_write(stream: ray.data.Dataset | None, plan: RunPlan, reduce: ReducePlan) -> Totals:
+    """The reduce stage: ``stream`` (``REDUCE`` rows) and the plan's removed files, grouped by bucket
+    on the cluster, each bucket assembled and written by a task (``job.reduce``)."""
+    parts = [d for d in (stream, ray.data.from_arrow(plan.removed) if plan.removed.num_rows else None) if d is not None]
+    totals = Totals()
+    if not parts:
+        return totals
+    rows = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    touched = len(set(plan.files[BUCKET]) | set(plan.removed[BUCKET].to_pylist()))
+    results = rows.groupby(BUCKET, num_partitions=max(1, min(touched, MAX_PARTITIONS))).map_groups(
+        reduce_bucket, batch_format="pyarrow", fn_kwargs={"plan": reduce})
+    for batch in results.iter_batches(batch_format="pyarrow", batch_size=None):
+        totals.add(batch)
+    return totals
+
+
+def _prediction_chunks(snapshot: Snapshot, medians: dict[str, float]) -> Iterator[bytes]:
+    """predictions.csv from the patients table, a batch at a time (the fill rule: ``assemble.predictions``)."""
+    visits = snapshot.read("patients", columns=["visit"])["visit"]
+    with_visits = bool(pc.any(pc.is_valid(visits)).as_py()) if len(visits) else False
+    header = True
+    for batch in snapshot.batches("patients", columns=[ID_COLUMN, "visit", *COLUMNS]):
+        yield predictions(batch.to_pandas(), medians, with_visits).to_csv(index=False, header=header).encode()
+        header = False
+    if header:
+        empty = pd.DataFrame({c: pd.Series(dtype=float) for c in COLUMNS}).assign(**{ID_COLUMN: "", "visit": ""})
+        yield predictions(empty, medians, with_visits).to_csv(index=False).encode()
 
 
 def _choose_pool(mode: str, version: str) -> tuple[Pool | None, dict[str, float]]:
@@ -189,11 +276,91 @@ def _choose_pool(mode: str, version: str) -> tuple[Pool | None, dict[str, float]
         raise JobError(f"--model-pool warm: this cluster runs no warm model pool for model {version}{others}; "
                        "start one with `ra2batch pool start --models URI` or use --model-pool auto")
     resources = unreserved(ray.cluster_resources(), [p for p in pools.values() if p is not pool])
+    if pool is not None and unreserved(resources, [pool]).get("CPU", 0.0) < JOB_CPUS:
+        raise JobError(f"the warm model pool for model {version} holds all of this cluster's CPUs, leaving none for "
+                       f"the job's reduce stage (it needs {JOB_CPUS:g}); restart the pool with fewer "
+                       "(`ra2batch pool stop`, then `ra2batch pool start` without --actor-cpus)")
     if pool is None and resources.get("CPU", 0.0) < 1.0:
         raise JobError(f"warm model pools (model {', '.join(sorted(pools))}) hold this cluster's CPUs, leaving "
                        f"{resources.get('CPU', 0.0):g} for this job's own model actors; score on a pool (its bundle "
                        "and --model-pool auto) or stop it with `ra2batch pool stop`")
     return pool, resources
+
+
+def _crop_geometry(bundle: ModelBundle) -> str:
+    """How each joint group's crops were cut (``models.crops.cut``), for the run manifest."""
+    margin = bundle.preprocessing.crop_margin
+    return json.dumps({g.name: {"height": g.crop_shape[0], "width": g.crop_shape[1], "margin": margin,
+                                "mirrored": "right limbs, onto the left"} for g in bundle.plan.groups})
+
+
+def run_job(kind: str, input: str, output: str, *, models: str | None = None, manifest: str | None = None,
+            config: JobConfig | None = None, storage_options: dict[str, Any] | None = None,
+            paths: Sequence[str] | None = None, full: bool = False) -> JobSummary:
+    """One run into ``output``: ``kind`` ``score`` replaces it with the scores of every listed file;
+    ``nightly`` merges the files that are new, changed or stale (all with ``full``) into it.
+
+    Raises :class:`JobError` for problems that stop the job (no bundle, no input, bad manifest,
+    another run writing to the output); problems with single files become error rows instead.
+    """
+    started = time.perf_counter()
+    config = config or JobConfig()
+    bundle, models, model_options = load_models(models, storage_options)
+    try:
+        listing = list_inputs(input, manifest=manifest, paths=paths, storage_options=storage_options)
+    except (FileNotFoundError, ValueError) as e:
+        raise JobError(str(e)) from e
+    out = resolve(output, storage_options)
+    connect()
+    info = {"input": input, "bundle": models, "model_version": bundle.model_version, "full": full or kind == "score",
+            "config": config.model_dump_json(), "crop_geometry": _crop_geometry(bundle)}
+    try:
+        with writing(out, kind, info) as run:
+            expected = repair(run)
+            if kind == "score" or run.current is None:
+                plan = full_plan(listing.files, config.buckets)
+            else:
+                current = Snapshot(out, run.current)
+                if config.buckets not in (None, current.buckets):
+                    raise JobError(f"{output} has {current.buckets} buckets; a nightly run keeps them (score the "
+                                   "archive again with `ra2batch score --buckets N` to change them)")
+                plan = merge_plan(listing.files, current, bundle.model_version, full)
+            stream, actors, cfg = None, "", config
+            if len(plan.files):
+                pool, resources = _choose_pool(config.model_pool, bundle.model_version)
+                cfg = config.resolved(resources, files=len(plan.files))
+                stream = _score(plan.files, resolve(input, storage_options).fs, models, model_options, cfg, pool)
+                actors = (f"the warm model pool ({len(pool.names)} actor(s))" if pool else
+                          f"{cfg.detector_actors + (0 if cfg.fuse_models else cfg.scorer_actors)} job actor(s)")
+            totals = reduce_and_write(stream, plan, ReducePlan(
+                out, run.run_id, bundle.model_version, dt.datetime.now(dt.timezone.utc), bundle.label_medians,
+                plan.existing))
+            if plan.empty and not plan.overwrite:
+                versions, staged = expected, (run.current["predictions"], run.current["predictions_bytes"])
+            else:
+                versions = commit_tables(run, totals.actions, overwrite=plan.overwrite, expected=expected)
+                draft = Snapshot(out, {**run.base, "version": run.next_version,
+                                       **{f"{name}_version": v for name, v in versions.items()}})
+                staged = stage_predictions(out, run.run_id, _prediction_chunks(draft, bundle.label_medians))
+            row = run.publish({
+                **{f"{name}_version": v for name, v in versions.items()}, "buckets": plan.buckets,
+                "predictions": staged[0], "predictions_bytes": staged[1], "listed": plan.listed,
+                "scored": totals["scored"], "skipped": plan.skipped, "removed": totals["removed"],
+                "images_ok": totals["images_ok"], "images_error": totals["images_error"],
+                "patients": totals["patients"], "joints": totals["joints"], "config": cfg.model_dump_json()})
+            install_predictions(out, staged[0])
+    except (PoolError, OutputBusy, CommitConflict) as e:
+        raise JobError(str(e)) from e
+    return JobSummary(
+        kind=kind, input=input, output=output, run_id=run.run_id, version=row["version"], listed=plan.listed,
+        scored=totals["scored"], removed=totals["removed"], images_ok=totals["images_ok"],
+        images_error=totals["images_error"], patients=totals["patients"], joints=totals["joints"],
+        seconds=time.perf_counter() - started, model_version=bundle.model_version, full=bool(info["full"]),
+        cluster=_describe(ray.cluster_resources()), duplicates=totals.duplicates, n_duplicates=totals["duplicates"],
+        errors=totals.errors, ignored_files=listing.ignored, model_actors=actors,
+        outputs={**{name: out.uri_of(name) for name in ("patients", "joints", "images", "catalogue", "runs")},
+                 PREDICTIONS: out.uri_of(PREDICTIONS)},
+    )
 
 
 def score_archive(
@@ -207,47 +374,13 @@ def score_archive(
 ) -> JobSummary:
     """Score every radiograph under ``input`` (or only ``paths``) into the tables under ``output``.
 
-    Rerunning into the same ``output`` replaces its tables. Joins the cluster this runs in, else
-    starts Ray locally. Raises :class:`JobError` for problems that stop the job (no bundle, no
-    input, bad manifest); problems with single files become error rows instead.
+    Rerunning into the same ``output`` replaces its tables (as a new version). Joins the cluster this
+    runs in, else starts Ray locally. Raises :class:`JobError` for problems that stop the job (no
+    bundle, no input, bad manifest, another run writing to ``output``); problems with single files
+    become error rows instead.
     """
-    started = time.perf_counter()
-    bundle, models, model_options = load_models(models, storage_options)
-    try:
-        listing = list_inputs(input, manifest=manifest, paths=paths, storage_options=storage_options)
-    except (FileNotFoundError, ValueError) as e:
-        raise JobError(str(e)) from e
-    connect()
-    config = config or JobConfig()
-    scored_at = dt.datetime.now(dt.timezone.utc)
-    files = listing.files
-    fs = resolve(input, storage_options).fs
-    try:
-        pool, resources = _choose_pool(config.model_pool, bundle.model_version)
-        cfg = config.resolved(resources, files=len(files))
-        stream = _score(files, fs, models, model_options, cfg, pool)
-    except PoolError as e:
-        raise JobError(str(e)) from e
-    images, joints, patients, predictions, duplicates = _assemble(stream, bundle.label_medians)
-
-    out = resolve(output, storage_options)
-    run = {"model_version": bundle.model_version, "scored_at": scored_at}
-    outputs = {
-        "patients": write_table(out, "patients", patients.assign(**run)),
-        "joints": write_table(out, "joints", _with_run(joints, run)),
-        "images": write_table(out, "images", images.assign(**run)),
-    }
-    out.write_bytes(predictions.to_csv(index=False).encode(), "predictions.csv")
-    outputs["predictions.csv"] = out.uri_of("predictions.csv")
-    errors = images[images["status"] == "error"]
-    return JobSummary(
-        input=input, output=output, files=len(files), images_ok=len(images) - len(errors), images_error=len(errors),
-        patients=len(patients), joints=joints.num_rows, seconds=time.perf_counter() - started,
-        model_version=bundle.model_version, cluster=_describe(ray.cluster_resources()), outputs=outputs, duplicates=duplicates,
-        errors=[f"{p}: {m}" for p, m in zip(errors["path"], errors["error"])], ignored_files=listing.ignored,
-        model_actors=(f"the warm model pool ({len(pool.names)} actor(s))" if pool else
-                      f"{cfg.detector_actors + (0 if cfg.fuse_models else cfg.scorer_actors)} job actor(s)"),
-    )
+    return run_job("score", input, output, models=models, manifest=manifest, config=config,
+                   storage_options=storage_options, paths=paths)
 
 
 def load_models(models: str | None, storage_options: dict[str, Any] | None):
@@ -267,31 +400,7 @@ def load_models(models: str | None, storage_options: dict[str, Any] | None):
     return bundle, uri, options
 
 
-def _assemble(stream: pa.Table, medians: dict[str, float]):
-    """Images (with ``chosen``), joints of chosen files, patients, predictions and duplicate notes."""
-    record = stream.column("record")
-    per_file = [n for n in IMAGES.names if n not in ("chosen", "model_version", "scored_at")]
-    images = stream.filter(pc.equal(record, "image")).select(per_file).to_pandas()
-    images = images.sort_values("path", ignore_index=True)
-    images["chosen"], duplicates = choose_images(images)
-    joints = stream.filter(pc.equal(record, "joint"))
-    used = pa.array(images.loc[images["chosen"], "path"], pa.string())
-    joints = joints.filter(pc.is_in(joints.column("path"), value_set=used)).sort_by(
-        [(ID_COLUMN, "ascending"), ("visit", "ascending"), ("limb", "ascending"), ("column", "ascending")])
-    keys = joints.select([ID_COLUMN, "visit", "limb", "path", "column", "score", "crop_class", "review"]).to_pandas()
-    predictions, patients = fill_predictions(assemble_patients(images, keys), medians)
-    return images, joints, patients, predictions, duplicates
-
-
 def _describe(resources: dict[str, float]) -> str:
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
     gpus = f", {resources['GPU']:g} GPU(s)" if resources.get("GPU") else ""
     return f"{nodes} node(s) with {resources.get('CPU', 0):g} CPU(s){gpus}"
-
-
-def _with_run(table: pa.Table, run: dict[str, Any]) -> pa.Table:
-    n = table.num_rows
-    table = table.select([f for f in JOINTS.names if f not in run])
-    return table.append_column("model_version", pa.array([run["model_version"]] * n, pa.string())).append_column(
-        "scored_at", pa.array([run["scored_at"]] * n, JOINTS.field("scored_at").type))
-

@@ -1,0 +1,88 @@
+"""What a run writes: which listed files to score, which vanished, and how the output is bucketed.
+
+Planned on the driver from the listing and, for a merge, the output's ``catalogue`` (a few columns
+per file, never image or joint rows). A full run (``ra2batch score``, or the first run into an
+output) scores every file into a freshly bucketed output. A nightly merge scores only what changed
+and names the buckets whose files the reduce stage rewrites.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+import pyarrow as pa
+
+from ra2batch.catalogue import ID_COLUMN
+from ra2batch.job.tables import REDUCE
+from ra2batch.output import delta
+from ra2batch.output.reader import Snapshot
+from ra2batch.output.schema import BUCKET, TABLES, bucket_count, bucket_of
+
+_LIMB_KEY = [ID_COLUMN, "visit", "limb"]
+
+
+@dataclass
+class RunPlan:
+    """``files``: listing rows to score, with their ``bucket``; ``removed``: ``REDUCE`` rows of
+    catalogued files gone from the archive; ``existing``: for a merge, the current data files of the
+    buckets it touches (``output.delta.data_files``), by table."""
+
+    files: pd.DataFrame
+    removed: pa.Table
+    buckets: int
+    overwrite: bool
+    listed: int
+    existing: dict[str, dict[int, list[tuple[str, int]]]] = field(default_factory=dict)
+
+    @property
+    def skipped(self) -> int:
+        return self.listed - len(self.files)
+
+    @property
+    def empty(self) -> bool:
+        return not len(self.files) and not self.removed.num_rows
+
+
+def _with_buckets(files: pd.DataFrame, buckets: int) -> pd.DataFrame:
+    return files.assign(**{BUCKET: bucket_of(files[ID_COLUMN], files["path"], buckets)})
+
+
+def full_plan(listing: pd.DataFrame, buckets: int | None) -> RunPlan:
+    """Score every listed file into a new set of tables of ``buckets`` buckets (default: sized to the archive)."""
+    n = buckets or bucket_count(len(listing))
+    return RunPlan(_with_buckets(listing, n), REDUCE.empty_table(), n, overwrite=True, listed=len(listing))
+
+
+def _keys(df: pd.DataFrame) -> pd.Series:
+    return df[ID_COLUMN].astype(str) + "\x1f" + df["visit"].fillna("").astype(str) + "\x1f" + df["limb"].astype(str)
+
+
+def merge_plan(listing: pd.DataFrame, current: Snapshot, model_version: str, full: bool) -> RunPlan:
+    """Score the listed files that are new, changed (size or modification time), scored by another
+    model version, or all with ``full``; mark catalogued files that vanished as removed.
+
+    A file that shares its patient, visit and limb with one of those is scored again too: which of
+    duplicate files is used may change, and the joints table only holds the used file's joints.
+    """
+    catalogue = current.to_pandas("catalogue", columns=["path", ID_COLUMN, "visit", "limb", "size_bytes", "mtime",
+                                                        "model_version", "status", BUCKET])
+    live = catalogue[catalogue["status"] != "removed"]
+    seen = listing.merge(live[["path", "size_bytes", "mtime", "model_version"]], on="path", how="left",
+                         suffixes=("", "_seen"), indicator=True)
+    changed = ((seen["_merge"] == "left_only") | (seen["size_bytes"] != seen["size_bytes_seen"])
+               | (seen["mtime"] != seen["mtime_seen"]) | (seen["model_version"] != model_version))
+    score = changed.fillna(True).to_numpy(bool) | full
+    gone = live[~live["path"].isin(listing["path"])]
+    touched = set(_keys(listing[score & listing[ID_COLUMN].notna().to_numpy()])) | set(_keys(gone))
+    score |= (listing[ID_COLUMN].notna() & _keys(listing).isin(touched)).to_numpy()
+    files = _with_buckets(listing[score], current.buckets)
+
+    removed = pa.Table.from_pandas(gone[["path", ID_COLUMN, "visit", "limb", BUCKET]].assign(record="removed"),
+                                   preserve_index=False)
+    removed = pa.table({f.name: removed[f.name] if f.name in removed.column_names else pa.nulls(len(gone), f.type)
+                        for f in REDUCE}, schema=REDUCE)
+    affected = set(files[BUCKET]) | set(gone[BUCKET])
+    existing = {name: {b: f for b, f in delta.data_files(current.table(name)).items() if b in affected}
+                for name in TABLES}
+    return RunPlan(files, removed, current.buckets, overwrite=False, listed=len(listing), existing=existing)

@@ -1,0 +1,130 @@
+"""The output tables' Arrow schemas, their keys, and the bucket that places each row.
+
+The schemas are the "Scoring-job outputs" contract of docs/design.md, the 86 RA2 columns taken from
+the catalogue. Every table but ``runs`` is partitioned by ``bucket``, a stable hash of the row's
+``Patient_ID`` (of its ``path`` when the file names no patient) modulo the output's bucket count:
+all rows of a patient sit in the same bucket of every table, so a nightly merge rewrites only the
+files of the buckets that hold the patients it touched, and the reduce stage assembles a bucket at a
+time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Iterable
+
+import pyarrow as pa
+
+from ra2batch.catalogue import COLUMNS, ID_COLUMN, TOTAL_COLUMNS
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+BUCKET = "bucket"
+
+#: Identity of a radiograph, carried through every stage of the pipeline.
+ID_FIELDS = [
+    pa.field("path", pa.string()), pa.field(ID_COLUMN, pa.string()),
+    pa.field("visit", pa.string()), pa.field("limb", pa.string()),
+]
+
+#: What the decode stage learns about a file (``mtime``: the store's modification time when listed).
+FILE_FIELDS = [
+    pa.field("status", pa.string()), pa.field("error", pa.string()),
+    pa.field("width", pa.int64()), pa.field("height", pa.int64()),
+    pa.field("format", pa.string()), pa.field("bits", pa.int64()),
+    pa.field("size_bytes", pa.int64()), pa.field("content_hash", pa.string()),
+    pa.field("mtime", TIMESTAMP),
+]
+
+#: A detected crop: which class, where, and how sure the detector was.
+BOX_FIELDS = [
+    pa.field("crop_class", pa.string()), pa.field("group", pa.string()),
+    pa.field("box_x0", pa.float64()), pa.field("box_y0", pa.float64()),
+    pa.field("box_x1", pa.float64()), pa.field("box_y1", pa.float64()),
+    pa.field("detector_score", pa.float64()),
+]
+
+#: One joint's prediction and the attention map it came with.
+JOINT_FIELDS = [
+    pa.field("column", pa.string()), pa.field("damage", pa.string()), pa.field("score", pa.float64()),
+    pa.field("attention", pa.list_(pa.float32())),
+    pa.field("attention_h", pa.int64()), pa.field("attention_w", pa.int64()),
+    pa.field("uncertainty", pa.float64()), pa.field("review", pa.bool_()),
+]
+
+RUN_FIELDS = [pa.field("model_version", pa.string()), pa.field("scored_at", TIMESTAMP)]
+_BUCKET_FIELD = pa.field(BUCKET, pa.int64())
+
+
+def _joint(name: str) -> pa.Field:
+    return next(f for f in JOINT_FIELDS if f.name == name)
+
+
+IMAGES = pa.schema(
+    ID_FIELDS + FILE_FIELDS + [pa.field("n_detections", pa.int64()), pa.field("chosen", pa.bool_())]
+    + RUN_FIELDS + [_BUCKET_FIELD]
+)
+JOINTS = pa.schema(
+    ID_FIELDS[1:] + [_joint("column"), _joint("damage"), _joint("score")] + BOX_FIELDS
+    + [_joint("attention"), _joint("attention_h"), _joint("attention_w"), _joint("uncertainty"), _joint("review")]
+    + [ID_FIELDS[0]] + RUN_FIELDS + [_BUCKET_FIELD]
+)
+PATIENTS = pa.schema(
+    [pa.field(ID_COLUMN, pa.string()), pa.field("visit", pa.string())]
+    + [pa.field(c, pa.float64()) for c in (*TOTAL_COLUMNS, *COLUMNS)]
+    + [pa.field("n_images", pa.int64()), pa.field("limbs", pa.string()),
+       pa.field("qc_flags", pa.list_(pa.string()))] + RUN_FIELDS + [_BUCKET_FIELD]
+)
+#: One row per file ever seen: what nightly rescoring compares the archive's listing with.
+CATALOGUE = pa.schema(
+    ID_FIELDS + [pa.field("size_bytes", pa.int64()), pa.field("mtime", TIMESTAMP),
+                 pa.field("content_hash", pa.string()), pa.field("status", pa.string()),
+                 pa.field("removed_at", TIMESTAMP)] + RUN_FIELDS + [_BUCKET_FIELD]
+)
+
+
+@dataclass(frozen=True)
+class Table:
+    """A bucketed output table: its schema and the columns that identify a row."""
+
+    name: str
+    schema: pa.Schema
+    key: tuple[str, ...]
+
+    @property
+    def file_schema(self) -> pa.Schema:
+        """The schema of its Parquet data files: Delta keeps the partition column in the log, not the files."""
+        return self.schema.remove(self.schema.get_field_index(BUCKET))
+
+
+#: The bucketed tables, in the order a run commits them.
+TABLES: dict[str, Table] = {t.name: t for t in (
+    Table("images", IMAGES, ("path",)),
+    Table("joints", JOINTS, ("path", "column")),
+    Table("patients", PATIENTS, (ID_COLUMN, "visit")),
+    Table("catalogue", CATALOGUE, ("path",)),
+)}
+
+#: Radiographs per bucket a new output is sized for (``JobConfig.buckets`` pins the count instead).
+RADIOGRAPHS_PER_BUCKET = 2000
+MAX_BUCKETS = 4096
+
+
+def bucket_count(radiographs: int) -> int:
+    """Buckets for an output of ``radiographs`` files: a power of two, about
+    ``RADIOGRAPHS_PER_BUCKET`` radiographs each (1 for a small archive)."""
+    n = 1
+    while n * RADIOGRAPHS_PER_BUCKET < radiographs and n < MAX_BUCKETS:
+        n *= 2
+    return n
+
+
+def bucket_of(patient_ids: Iterable[str | None], paths: Iterable[str], buckets: int) -> list[int]:
+    """The bucket of each row: blake2b of its ``Patient_ID`` (of its ``path`` when it has none) modulo
+    ``buckets``; stable across processes, machines and Python versions (unlike ``hash``)."""
+    def one(pid: str | None, path: str) -> int:
+        key = pid if isinstance(pid, str) and pid else f"path:{path}"
+        digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") % buckets
+
+    return [one(pid, path) for pid, path in zip(patient_ids, paths)]
