@@ -14,8 +14,33 @@ from .scorer import ScoringError, align, random_baseline, score
 from .storage import resolve
 
 
+def _versioned(uri: str, storage_options: dict[str, Any] | None) -> pd.DataFrame | None:
+    """A scoring output's published predictions (``uri`` its folder) or table (``uri`` a table of it),
+    or any Delta table at its latest version; ``None`` when ``uri`` is none of these. Read through
+    ``ra2batch.output``: a glob over a versioned table's files would also see replaced rows."""
+    from ra2batch.output import TABLES, OutputError, open_output
+
+    loc = resolve(uri, storage_options)
+    parent, _, name = uri.rstrip("/").rpartition("/")
+    try:
+        if loc.exists("runs", "_delta_log"):
+            snapshot = open_output(uri, storage_options)
+            with loc.fs.open_input_stream(snapshot.predictions) as f:
+                return pd.read_csv(f, dtype={ID_COLUMN: str})
+        if not loc.exists("_delta_log"):
+            return None
+        if name in TABLES and parent and resolve(parent, storage_options).exists("runs", "_delta_log"):
+            return open_output(parent, storage_options).to_pandas(name)
+    except OutputError as e:
+        raise ScoringError(str(e)) from e
+    from deltalake import DeltaTable
+
+    return DeltaTable(loc.uri_of(), storage_options=loc.delta_options()).to_pandas()
+
+
 def read_table(uri: str, what: str, storage_options: dict[str, Any] | None = None) -> pd.DataFrame:
-    """A CSV file or a Parquet file/dataset (local or s3://) as a DataFrame, Patient_ID as text."""
+    """A CSV file, a Parquet file/dataset, a scoring output (its predictions) or one of its tables
+    (local or s3://) as a DataFrame, Patient_ID as text."""
     loc = resolve(uri, storage_options)
     import pyarrow.fs as pafs
 
@@ -23,7 +48,10 @@ def read_table(uri: str, what: str, storage_options: dict[str, Any] | None = Non
     if info.type == pafs.FileType.NotFound:
         raise ScoringError(f"{what}: {uri} does not exist")
     try:
-        if info.type == pafs.FileType.File and loc.path.lower().endswith(".csv"):
+        versioned = _versioned(uri, storage_options) if info.type == pafs.FileType.Directory else None
+        if versioned is not None:
+            df = versioned
+        elif info.type == pafs.FileType.File and loc.path.lower().endswith(".csv"):
             with loc.fs.open_input_stream(loc.path) as f:
                 df = pd.read_csv(f, dtype={ID_COLUMN: str})
         else:
@@ -66,7 +94,8 @@ def format_table(r: dict[str, Any]) -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--predictions", required=True, metavar="P",
-                   help="RA2-layout CSV, or a Parquet file/dataset with the RA2 columns (local or s3://)")
+                   help="RA2-layout CSV, a scoring job's --output (its published predictions), one of its tables "
+                        "(e.g. OUTPUT/patients), or a Parquet file/dataset with the RA2 columns (local or s3://)")
     p.add_argument("--truth", required=True, metavar="T", help="RA2 training.csv with the gold scores")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline (default 0)")

@@ -126,6 +126,37 @@ def read_outputs(loc) -> dict[str, pd.DataFrame]:
     return out
 
 
+def assert_same_rows_as_one_process(archive: str, out: str, models: str | None, config) -> None:
+    """The output at ``out`` holds, as sets of rows, what one process makes of the same model stage's
+    stream (``tests.reference``: the assembly as it ran on the driver before the reduce stage)."""
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+    import ray
+
+    from ra2batch.job.inputs import list_inputs
+    from ra2batch.job.pipeline import build_dataset, load_models
+    from ra2batch.job.plan import full_plan
+    from ra2batch.job.tables import REDUCE
+    from ra2batch.output import open_output
+    from ra2batch.storage import resolve
+    from tests.reference import reference_tables, rows
+
+    snapshot = open_output(out)
+    bundle, uri, options = load_models(models, None)
+    plan = full_plan(list_inputs(archive).files, snapshot.buckets)
+    cfg = config.resolved(ray.cluster_resources(), files=len(plan.files))
+    stream = build_dataset(plan.files, pafs.LocalFileSystem(), uri, options, cfg).select_columns(REDUCE.names)
+    want = reference_tables(pa.concat_tables(list(stream.iter_batches(batch_format="pyarrow", batch_size=None))),
+                            bundle.label_medians)
+    got = read_outputs(resolve(out))
+    run = {"model_version", "scored_at", "bucket"}
+    for name in ("images", "joints", "patients"):
+        columns = [c for c in got[name].columns if c not in run]
+        assert len(got[name]) == len(want[name]) and rows(got[name], columns) == rows(want[name], columns), name
+    assert rows(got["predictions"], list(want["predictions"].columns)) == rows(
+        want["predictions"], list(want["predictions"].columns))
+
+
 @pytest.fixture(scope="module")
 def no_feet_bundle(tiny_bundle_factory) -> str:
     """A tiny bundle whose foot detector finds nothing: every foot joint goes unscored."""
@@ -222,6 +253,21 @@ def test_s3_archive_with_bad_files_is_fully_accounted(ray_local, s3_bucket, no_f
     # nothing identifying from the DICOM header reached any output
     blob = "".join(df.astype(str).to_csv() for df in out.values()) + summary.format()
     assert not any(s in blob for s in ("Doe^Jane", "19600101", "ACC123456"))
+
+
+def test_the_cluster_reduce_holds_the_rows_one_process_makes_of_the_zoo(ray_local, no_feet_bundle, tmp_path):
+    from ra2batch.job import JobConfig, score_archive
+    from ra2batch.output import open_output
+    from ra2batch.output.delta import data_files
+
+    write_zoo(tmp_path / "archive")
+    # several buckets, so patients are assembled by different reduce tasks and written to different files
+    config = JobConfig(buckets=3, detector_batch_size=1, files_per_decode_task=2)
+    summary = score_archive(str(tmp_path / "archive"), str(tmp_path / "out"), models=no_feet_bundle, config=config)
+    assert (summary.files, summary.images_error, summary.patients) == (15, 8, 4)
+    snapshot = open_output(str(tmp_path / "out"))
+    assert snapshot.buckets == 3 and len(data_files(snapshot.table("images"))) > 1
+    assert_same_rows_as_one_process(str(tmp_path / "archive"), str(tmp_path / "out"), no_feet_bundle, config)
 
 
 def test_rerun_replaces_outputs_with_the_same_rows(ray_local, tiny_bundle, tmp_path, capsys):
@@ -511,3 +557,6 @@ def test_no_arguments_scores_the_demo_archive(ray_local, tmp_path, monkeypatch, 
     printed = capsys.readouterr().out
     assert "32 ok, 0 in error; 8 patient(s)" in printed and "ra2batch evaluate --predictions ra2-output" in printed
     assert (tmp_path / "ra2-output" / "patients" / "_delta_log").is_dir()
+    from ra2batch.job import JobConfig
+
+    assert_same_rows_as_one_process("ra2-demo-archive/images", "ra2-output", None, JobConfig())

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from ra2batch import catalogue
+from tests.helpers import write_output
 from ra2batch.catalogue import COLUMNS, EROSION, ID_COLUMN, NARROWING
 from ra2batch.query import (
     QueryError, add_arguments, above, compare, distribution, main, open_results, prevalence, progression, sql,
@@ -79,10 +80,7 @@ def _tables(rows: dict[tuple[str, str | None], dict[str, float]], version: str) 
 
 
 def _write(root, tables: dict[str, pd.DataFrame]) -> str:
-    for name, df in tables.items():
-        (root / name).mkdir(parents=True)
-        df.to_parquet(root / name / "part-00000.parquet", index=False)
-    return str(root)
+    return write_output(str(root), tables)
 
 
 @pytest.fixture(scope="module")
@@ -296,7 +294,7 @@ def test_results_without_tables_is_one_line_error(tmp_path, capsys):
     (tmp_path / "patients").mkdir()
     assert _cli("--results", str(tmp_path), "prevalence") == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("ra2batch query: ") and "no patients/ table" in err and len(err.splitlines()) == 1
+    assert err.startswith("ra2batch query: ") and "holds no scoring output" in err and len(err.splitlines()) == 1
 
 
 def test_ra2batch_query_runs_from_the_console_script(cohort, capsys):

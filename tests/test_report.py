@@ -18,8 +18,10 @@ from matplotlib import colormaps
 from PIL import Image
 
 from ra2batch import catalogue
+from tests.helpers import write_output
 from ra2batch.catalogue import COLUMNS, ID_COLUMN, TOTAL_COLUMNS
 from ra2batch.imaging.readers import decode
+from ra2batch.output import open_output
 from ra2batch.models.crops import cut
 from ra2batch.models.plan import PLAN
 from ra2batch.report import cli, layout
@@ -99,9 +101,7 @@ def _write_output(root: Path, *, with_uncertainty: bool = True, listed_as: str |
                          "limbs": "LH,RH" if pid == "P001" else "LF,RF", "qc_flags": flags, **run})
     patients = pd.DataFrame(patients)[[ID_COLUMN, "visit", *TOTAL_COLUMNS, *COLUMNS, "n_images", "limbs",
                                        "qc_flags", "model_version", "scored_at"]]
-    for name, df in (("images", images), ("joints", joints), ("patients", patients)):
-        (out / name).mkdir(parents=True)
-        df.to_parquet(out / name / "part-00000.parquet", index=False)
+    write_output(str(out), {"images": images, "joints": joints, "patients": patients})
     return out
 
 
@@ -190,7 +190,7 @@ def test_index_sorts_by_the_column_in_the_link(site, tmp_path):
         assert _console(run) == []
         return re.findall(r'<a href="patients/[^"]+\.html">([^<]+)</a>', run.stdout)
 
-    totals = pd.read_parquet(site.parent / "out" / "patients").set_index(ID_COLUMN)["Overall_Tol"]
+    totals = open_output(str(site.parent / "out")).to_pandas("patients").set_index(ID_COLUMN)["Overall_Tol"]
     assert order("Overall_Tol:desc") == list(totals.sort_values(ascending=False).index)
     assert order("Overall_Tol:asc") == list(totals.sort_values().index)
     assert order("patient:desc") == ["P002", "P001"]
@@ -227,7 +227,7 @@ def test_patient_page_shows_radiographs_boxes_chart_and_review(site):
 
 
 def test_attention_overlays_have_crop_size_and_stored_values(site):
-    joints = pd.read_parquet(site.parent / "out" / "joints")
+    joints = open_output(str(site.parent / "out")).to_pandas("joints")
     cmap = colormaps[HEAT_CMAP]
     palette = cmap(np.linspace(0, 1, 1024))[:, :3]
     n = 0
@@ -291,7 +291,7 @@ def test_crop_shapes_come_from_the_bundle(tiny_bundle):
 
 
 def test_clear_errors_for_bad_results(tmp_path, capsys):
-    with pytest.raises(ResultsError, match="does not exist"):
+    with pytest.raises(ResultsError, match="holds no scoring output"):
         load_results(str(tmp_path))
     out = _write_output(tmp_path)
     assert _report(out, tmp_path / "site", "--patients", "NOPE") == 2

@@ -68,23 +68,19 @@ def _absolute(loc: Location, path: str) -> str:
     return loc.uri_of(path)
 
 
-def _stat(info: pafs.FileInfo) -> tuple[int, pd.Timestamp | None]:
-    """A listed file's size and modification time (UTC, to the microsecond the tables keep; ``None``
-    where the store gives none)."""
-    mtime = None if info.mtime is None else pd.Timestamp(info.mtime)
-    if mtime is not None:
-        mtime = (mtime.tz_localize("UTC") if mtime.tzinfo is None else mtime.tz_convert("UTC")).floor("us")
-    return int(info.size), mtime
+def _stat(info: pafs.FileInfo) -> tuple[int, int | None]:
+    """A listed file's size and modification time (nanoseconds since the epoch, ``None`` where the store gives none)."""
+    return int(info.size), info.mtime_ns
 
 
-def _walk(loc: Location) -> tuple[dict[str, tuple[int, pd.Timestamp | None]], int]:
+def _walk(loc: Location) -> tuple[dict[str, tuple[int, int | None]], int]:
     """Radiograph URIs under ``loc`` with their size and modification time, and the count of other files."""
     info = loc.fs.get_file_info(loc.path)
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"input {loc.uri} does not exist")
     infos = [info] if info.type == pafs.FileType.File else loc.fs.get_file_info(
         pafs.FileSelector(loc.path, recursive=True))
-    found: dict[str, tuple[int, pd.Timestamp | None]] = {}
+    found: dict[str, tuple[int, int | None]] = {}
     ignored = 0
     for i in infos:
         if i.type != pafs.FileType.File:
@@ -96,7 +92,7 @@ def _walk(loc: Location) -> tuple[dict[str, tuple[int, pd.Timestamp | None]], in
     return found, ignored
 
 
-def _file_stats(loc: Location, uris: Sequence[str]) -> dict[str, tuple[int, pd.Timestamp | None]]:
+def _file_stats(loc: Location, uris: Sequence[str]) -> dict[str, tuple[int, int | None]]:
     """Size and modification time of the given files; files that do not exist are left out."""
     infos = loc.fs.get_file_info([fs_path(u) for u in uris]) if uris else []
     return {u: _stat(i) for u, i in zip(uris, infos) if i.type == pafs.FileType.File}
@@ -174,5 +170,6 @@ def list_inputs(
         rows.append((uri, pid, visit, limb, size, mtime, problem))
     files = pd.DataFrame(rows, columns=list(LISTING_COLUMNS))
     files["size_bytes"] = files["size_bytes"].astype("Int64")
-    files["mtime"] = pd.to_datetime(files["mtime"], utc=True)
+    # UTC, to the microsecond the tables keep
+    files["mtime"] = pd.to_datetime(files["mtime"].astype("Int64") // 1000, unit="us", utc=True)
     return Listing(files=files, ignored=ignored)

@@ -36,6 +36,13 @@ class RunPlan:
     existing: dict[str, dict[int, list[tuple[str, int]]]] = field(default_factory=dict)
 
     @property
+    def partitions(self) -> int:
+        """Buckets the reduce stage writes: all of a full run's, a merge's touched ones."""
+        if self.overwrite:
+            return self.buckets
+        return len(set(self.files[BUCKET]) | set(self.removed[BUCKET].to_pylist()))
+
+    @property
     def skipped(self) -> int:
         return self.listed - len(self.files)
 
@@ -74,8 +81,9 @@ def merge_plan(listing: pd.DataFrame, current: Snapshot, model_version: str, ful
                | (seen["mtime"] != seen["mtime_seen"]) | (seen["model_version"] != model_version))
     score = changed.fillna(True).to_numpy(bool) | full
     gone = live[~live["path"].isin(listing["path"])]
-    touched = set(_keys(listing[score & listing[ID_COLUMN].notna().to_numpy()])) | set(_keys(gone))
-    score |= (listing[ID_COLUMN].notna() & _keys(listing).isin(touched)).to_numpy()
+    touched = pd.concat([listing[score & listing[ID_COLUMN].notna().to_numpy()], gone])
+    near = listing[ID_COLUMN].isin(set(touched[ID_COLUMN])).to_numpy()  # few rows: keys built for them only
+    score[near] |= _keys(listing[near]).isin(set(_keys(touched))).to_numpy()
     files = _with_buckets(listing[score], current.buckets)
 
     removed = pa.Table.from_pandas(gone[["path", ID_COLUMN, "visit", "limb", BUCKET]].assign(record="removed"),

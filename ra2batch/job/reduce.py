@@ -90,6 +90,8 @@ def _with_run(rows: pa.Table, plan: ReducePlan, schema: pa.Schema, bucket: int) 
 
 
 def _from_pandas(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    if not len(df):  # pandas gives an empty frame's columns no useful types
+        return schema.empty_table()
     return pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
 
 

@@ -12,7 +12,6 @@ import json
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ra2batch.output.schema import BUCKET, Table
@@ -26,19 +25,11 @@ ACTION = pa.struct([
     pa.field("stats", pa.string()),
 ])
 
-#: Columns whose minimum and maximum an added file's statistics carry (readers skip files by them).
-_STATS_COLUMNS = ("Patient_ID", "path")
-
-
 def _stats(rows: pa.Table) -> str:
-    stats: dict[str, Any] = {"numRecords": rows.num_rows, "minValues": {}, "maxValues": {}, "nullCount": {}}
-    for name in _STATS_COLUMNS:
-        if name in rows.column_names and rows.num_rows:
-            low, high = pc.min_max(rows[name]).values()
-            if low.is_valid:
-                stats["minValues"][name], stats["maxValues"][name] = low.as_py(), high.as_py()
-            stats["nullCount"][name] = rows[name].null_count
-    return json.dumps(stats)
+    """The file's Delta statistics: its row count only. Readers (delta-rs' pyarrow datasets among them)
+    turn per-column statistics into guarantees about every row of a file, and partial ones into
+    wrong guarantees, so none are claimed; files are skipped by their bucket instead."""
+    return json.dumps({"numRecords": rows.num_rows})
 
 
 def write_bucket(out: Location, table: Table, bucket: int, rows: pa.Table, run_id: str) -> dict[str, Any]:

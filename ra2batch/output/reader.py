@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from ra2batch.output import delta
-from ra2batch.output.runs import RUNS_TABLE, published, read_runs
+from ra2batch.output.runs import RUNS, RUNS_TABLE, published, read_runs
 from ra2batch.output.schema import BUCKET, TABLES
 from ra2batch.storage import Location, resolve
 
@@ -82,6 +82,11 @@ class Snapshot:
         for fragment in fragments:
             yield from pads.Scanner.from_fragment(fragment, schema=data.schema, batch_size=batch_size,
                                                   columns=list(columns) if columns else None).to_batches()
+
+    def runs(self) -> pa.Table:
+        """The output's ``runs`` table: every run event up to this state's manifest (a small table)."""
+        rows = delta.dataset(delta.open_table(self.out, RUNS_TABLE), self.out, RUNS_TABLE)
+        return rows.to_table(filter=pads.field("at") <= pa.scalar(self.run["at"], RUNS.field("at").type))
 
     @property
     def predictions(self) -> str | None:

@@ -148,6 +148,7 @@ class RunLease:
     base: dict[str, Any]
     runs_version: int
     current: dict[str, Any] | None
+    published: bool = False
     _stop: threading.Event = field(default_factory=threading.Event)
     _beat: threading.Thread | None = None
 
@@ -215,10 +216,14 @@ class RunLease:
         except delta.CommitConflict as e:
             raise OutputBusy(f"{self.out.uri}: another run took the output over while this one ran (this run's "
                              "lease must have expired); this run's results were not published") from e
+        self.published = True
         return row
 
     def fail(self, error: str) -> None:
-        """Record that the run stopped with ``error`` (best effort: the output is consistent either way)."""
+        """Record that the run stopped with ``error`` before publishing (best effort: the output is
+        consistent either way; after publishing there is nothing to record, ``writer.repair`` finishes)."""
+        if self.published:
+            return
         try:
             self.runs_version = _append(self.out, [{**self.base, "state": "failed", "at": _now(),
                                                     "error": error}], self.runs_version, self.run_id)

@@ -44,7 +44,7 @@ QUERIES = {
     "prevalence": ("per-joint damage prevalence", lambda r, a: named.prevalence(r, a.min_score)),
     "compare": ("two model versions on the same images, per RA2 column",
                 lambda r, a: named.compare(r, a.a, a.b)),
-    "sql": ("free SQL over the patients, joints, images and catalogue views",
+    "sql": ("free SQL over the patients, joints, images, file_catalogue, runs and catalogue views",
             lambda r, a: named.sql(r, a.query)),
 }
 
@@ -55,6 +55,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "e.g. to compare model versions")
     p.add_argument("--storage-options", type=json.loads, default=None, metavar="JSON",
                    help="extra S3 settings, e.g. '{\"endpoint_url\": \"http://127.0.0.1:9000\"}'")
+    p.add_argument("--as-of", default=None, metavar="VERSION|TIME",
+                   help="read each output as it was at this output version (e.g. 3) or time (e.g. 2026-12-01T02:00, "
+                        "UTC unless it names a zone) instead of its latest; `ra2batch query ... sql \"SELECT version, "
+                        "at, run_id, model_version FROM runs WHERE state = 'published'\"` lists the versions")
     p.add_argument("--model-version", default=None, metavar="V",
                    help="keep only this model version's rows (needed when the results hold several)")
     out = argparse.ArgumentParser(add_help=False)
@@ -92,7 +96,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     try:
-        res = open_results(args.results, args.storage_options, args.model_version)
+        res = open_results(args.results, args.storage_options, args.model_version, args.as_of)
         df = QUERIES[args.query_name][1](res, args)
         if args.out:
             write(df, args.out, args.storage_options)

@@ -1,13 +1,14 @@
 """Scoring outputs opened in place as DuckDB views, with no copy of the data.
 
-Each of the ``patients/``, ``joints/`` and ``images/`` tables under one or more ``--results`` roots
-(local or ``s3://``, see ``docs/design.md``) is opened as a pyarrow dataset on the filesystem from
-``ra2batch.storage`` and registered with DuckDB, which scans it lazily (projection and filter
-pushdown). Going through pyarrow means no DuckDB extension (httpfs) has to be downloaded, so it works
-offline and honours the same endpoint and credentials as the scoring job.
+Each ``--results`` root (local or ``s3://``) is opened through ``ra2batch.output`` at its published
+version (or the one ``as_of`` names), and its ``patients``, ``joints`` and ``images`` tables, its
+file catalogue (view ``file_catalogue``) and its ``runs`` are registered with DuckDB as pyarrow
+datasets, which it scans lazily (projection and filter pushdown). Going through pyarrow means no
+DuckDB extension (httpfs, delta) has to be downloaded, so it works offline and honours the same
+endpoint and credentials as the scoring job.
 
 Several roots are stacked by column name into one view per table, so two runs scored with
-different model versions can be compared. ``catalogue`` is a fourth view: one row per RA2 column.
+different model versions can be compared. ``catalogue`` is one more view: one row per RA2 column.
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ from typing import Any, Sequence
 
 import duckdb
 import pandas as pd
-import pyarrow.dataset as ds
-import pyarrow.fs as pafs
 
 from ra2batch import catalogue
-from ra2batch.storage import resolve
 
 TABLE_NAMES = ("patients", "joints", "images")
+#: View name -> the output table it shows, besides ``TABLE_NAMES`` (``catalogue`` is the RA2 columns' view).
+EXTRA_VIEWS = {"file_catalogue": "catalogue", "runs": "runs"}
 
 
 class QueryError(ValueError):
@@ -38,16 +38,6 @@ def one_line(e: BaseException) -> str:
 
 def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
-
-
-def _open_table(uri: str, name: str, storage_options: dict[str, Any] | None) -> ds.Dataset | None:
-    """The Parquet dataset of table ``name`` under ``uri``, or ``None`` when it holds no Parquet file."""
-    loc = resolve(uri, storage_options)
-    path = loc.join(name)
-    if loc.fs.get_file_info(path).type != pafs.FileType.Directory:
-        return None
-    dataset = ds.dataset(path, filesystem=loc.fs, format="parquet", partitioning="hive")
-    return dataset if dataset.files else None
 
 
 def _catalogue_frame() -> pd.DataFrame:
@@ -112,37 +102,42 @@ def open_results(
     uris: str | Sequence[str],
     storage_options: dict[str, Any] | None = None,
     model_version: str | None = None,
+    as_of: str | None = None,
 ) -> Results:
     """Open the scoring outputs under ``uris`` (local paths or ``s3://`` prefixes) as DuckDB views.
 
-    All three tables must be present under every root. ``model_version`` keeps only that version's
-    rows in every view. Raises :class:`QueryError` naming what is missing.
+    Each output is read at its published version, or at the one ``as_of`` names (an output version
+    or a time, ``ra2batch.output.open_output``). ``model_version`` keeps only that version's rows in
+    the patients, joints and images views. Raises :class:`QueryError` naming what is missing.
     """
+    from ra2batch.output import OutputError, open_output
+
     uris = (uris,) if isinstance(uris, str) else tuple(uris)
     if not uris:
         raise QueryError("no --results given")
+    snapshots = []
+    for uri in uris:
+        try:
+            snapshots.append(open_output(uri, storage_options, as_of))
+        except (OutputError, OSError) as e:
+            raise QueryError(one_line(e)) from e
     con = duckdb.connect()
-    for name in TABLE_NAMES:
+    for view, name in [*((n, n) for n in TABLE_NAMES), *EXTRA_VIEWS.items()]:
         parts = []
-        for i, uri in enumerate(uris):
+        for i, snapshot in enumerate(snapshots):
             try:
-                dataset = _open_table(uri, name, storage_options)
-            except (OSError, ValueError) as e:
-                raise QueryError(f"cannot read {uri}: {one_line(e)}") from e
-            if dataset is None:
-                raise QueryError(
-                    f"{uri} has no {name}/ table: expected the scoring job's Parquet tables "
-                    f"{', '.join(t + '/' for t in TABLE_NAMES)} under --results"
-                )
-            con.register(f"_{name}_{i}", dataset)
-            parts.append(f"SELECT * FROM _{name}_{i}")
+                dataset = snapshot.runs() if name == "runs" else snapshot.dataset(name)
+            except (OutputError, OSError) as e:
+                raise QueryError(f"cannot read {snapshot.out.uri}: {one_line(e)}") from e
+            con.register(f"_{view}_{i}", dataset)
+            parts.append(f"SELECT * FROM _{view}_{i}")
         union = " UNION ALL BY NAME ".join(parts)
-        if model_version and name == "patients":
+        if model_version and view == "patients":
             present = [r[0] for r in con.execute(f"SELECT DISTINCT model_version FROM ({union})").fetchall()]
             if model_version not in present:
                 raise QueryError(f"model version {model_version!r} is not in the results; "
                                  f"they hold {', '.join(sorted(map(str, present))) or 'none'}")
-        where = f" WHERE model_version = {_quote(model_version)}" if model_version else ""
-        con.execute(f"CREATE VIEW {name} AS SELECT * FROM ({union}){where}")
+        where = f" WHERE model_version = {_quote(model_version)}" if model_version and view in TABLE_NAMES else ""
+        con.execute(f"CREATE VIEW {view} AS SELECT * FROM ({union}){where}")
     con.register("catalogue", _catalogue_frame())
     return Results(con, uris, model_version)
