@@ -106,6 +106,16 @@ def replay_block(batch: dict[str, Any], images, joints, root: str, buckets: int)
 # -- child runs -----------------------------------------------------------------------------------
 
 
+def _start_ray(spec: dict[str, Any]) -> None:
+    """A local cluster as a standing one is: up, with Ray Data's session actors, which its first
+    dataset creates and it keeps (as bench_scoring.py's start-up does), so no run pays for them."""
+    import ray
+
+    ray.init(num_cpus=spec["cpus"], include_dashboard=False, _temp_dir=spec["ray_tmp"], log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    ray.data.range(1).map_batches(lambda batch: batch).take_all()
+
+
 def _child_replay(spec: dict[str, Any]) -> dict[str, Any]:
     import pandas as pd
     import pyarrow.parquet as pq
@@ -125,8 +135,7 @@ def _child_replay(spec: dict[str, Any]) -> dict[str, Any]:
     replicas = -(-n // per_replica)
     buckets = bucket_count(replicas * per_replica)
     bundle, uri, _ = load_models(spec["bundle"], None)
-    ray.init(num_cpus=spec["cpus"], include_dashboard=False, _temp_dir=spec["ray_tmp"], log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    _start_ray(spec)
     start = time.time()
     stream = ray.data.range(replicas, override_num_blocks=max(1, -(-replicas * per_replica // BLOCK_RADIOGRAPHS)))
     stream = stream.map_batches(replay_block, batch_format="numpy", batch_size=None, fn_kwargs={
@@ -149,8 +158,7 @@ def _child_nightly(spec: dict[str, Any]) -> dict[str, Any]:
 
     from ra2batch.nightly import nightly_rescore
 
-    ray.init(num_cpus=spec["cpus"], include_dashboard=False, _temp_dir=spec["ray_tmp"], log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    _start_ray(spec)
     before = _file_sets(spec["store"])
     start = time.time()
     summary = nightly_rescore(spec["archive_root"], spec["store"], models=spec["bundle"])

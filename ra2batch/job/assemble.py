@@ -107,19 +107,17 @@ def assemble_patients(images: pd.DataFrame, joints: pd.DataFrame) -> pd.DataFram
     return pd.DataFrame(rows, columns=[*KEY, *catalogue.TOTAL_COLUMNS, *COLUMNS, "n_images", "limbs", "qc_flags"])
 
 
-def _other_side(column: str) -> str:
-    return ("R" if column[0] == "L" else "L") + column[1:]
+_MIRROR = np.array([COLUMNS.index(("R" if c[0] == "L" else "L") + c[1:]) for c in COLUMNS])
 
 
-def _filled(patients: pd.DataFrame, medians: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
-    """``(values, gaps)``: the 86 columns (``COLUMNS`` order) with every missing joint filled from the
-    same joint on the other side when that was scored, else from the training median; ``gaps`` marks
-    the filled ones. The one fill rule of predictions.csv."""
+def _filled(scored: np.ndarray, medians: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    """``(values, gaps)`` of the ``[patients, 86]`` scores (``COLUMNS`` order, NaN: not scored): every
+    missing joint filled from the same joint on the other side when that was scored, else from the
+    training median; ``gaps`` marks the filled ones. The one fill rule of predictions.csv."""
     missing = [c for c in COLUMNS if c not in medians]
     if missing:
         raise ValueError(f"no label median for {len(missing)} column(s) (first: {missing[0]})")
-    scored = patients[list(COLUMNS)].to_numpy(float)
-    mirror = patients[[_other_side(c) for c in COLUMNS]].to_numpy(float)
+    mirror = scored[:, _MIRROR]
     median = np.array([medians[c] for c in COLUMNS], dtype=float)
     gaps = np.isnan(scored)
     return np.where(gaps, np.where(np.isnan(mirror), median, mirror), scored), gaps
@@ -127,25 +125,26 @@ def _filled(patients: pd.DataFrame, medians: Mapping[str, float]) -> tuple[np.nd
 
 def with_fill_flags(patients: pd.DataFrame, medians: Mapping[str, float]) -> pd.DataFrame:
     """``patients`` with a ``filled:COLUMN`` QC flag for every value predictions.csv fills."""
-    _, gaps = _filled(patients, medians)
+    _, gaps = _filled(patients[list(COLUMNS)].to_numpy(float), medians)
     names = np.array([f"filled:{c}" for c in COLUMNS], dtype=object)
     return patients.assign(qc_flags=[list(f) + names[g].tolist() for f, g in zip(patients["qc_flags"], gaps)])
 
 
-def predictions(patients: pd.DataFrame, medians: Mapping[str, float], visits: bool) -> pd.DataFrame:
-    """predictions.csv rows of ``patients`` in the RA2 template layout, with no missing values.
+def prediction_columns(ids: np.ndarray, visits: np.ndarray | None, scored: np.ndarray,
+                       medians: Mapping[str, float]) -> dict[str, np.ndarray]:
+    """predictions.csv's columns, in the RA2 template order, for patients ``ids`` with ``[patients, 86]``
+    ``scored`` values: no value missing (the fill rule: :func:`_filled`). With ``visits`` (any patient
+    of the output has one) a ``visit`` column follows ``Patient_ID``: one row per patient visit."""
+    values, _ = _filled(scored, medians)
+    columns = {c: values[:, i] for i, c in enumerate(COLUMNS)}
+    columns.update(Overall_erosion=values[:, _IS_EROSION].sum(axis=1),
+                   Overall_narrowing=values[:, ~_IS_EROSION].sum(axis=1), Overall_Tol=values.sum(axis=1))
+    order = [ID_COLUMN, *(["visit"] if visits is not None else []), *TEMPLATE_ORDER[1:]]
+    return {c: ids if c == ID_COLUMN else visits if c == "visit" else columns[c] for c in order}
 
-    With ``visits`` (any patient of the output has one), a ``visit`` column follows ``Patient_ID``
-    (one row per patient visit).
-    """
-    values, _ = _filled(patients, medians)
-    pred = pd.DataFrame(values, columns=list(COLUMNS))
-    pred["Overall_erosion"] = values[:, _IS_EROSION].sum(axis=1)
-    pred["Overall_narrowing"] = values[:, ~_IS_EROSION].sum(axis=1)
-    pred["Overall_Tol"] = values.sum(axis=1)
-    pred.insert(0, "visit", patients["visit"].to_numpy())
-    pred.insert(0, ID_COLUMN, patients[ID_COLUMN].to_numpy())
-    order = list(TEMPLATE_ORDER)
-    if visits:
-        order.insert(1, "visit")
-    return pred[order]
+
+def predictions(patients: pd.DataFrame, medians: Mapping[str, float], visits: bool) -> pd.DataFrame:
+    """:func:`prediction_columns` of a patients table, as a DataFrame."""
+    return pd.DataFrame(prediction_columns(patients[ID_COLUMN].to_numpy(),
+                                           patients["visit"].to_numpy() if visits else None,
+                                           patients[list(COLUMNS)].to_numpy(float), medians))

@@ -8,11 +8,12 @@ becomes an images row with status ``error``: every listed file is accounted for.
 
 from __future__ import annotations
 
-import posixpath
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from ra2batch.catalogue import ID_COLUMN, LIMBS
@@ -36,18 +37,40 @@ def is_radiograph(path: str) -> bool:
     return path.lower().endswith(RADIOGRAPH_SUFFIXES)
 
 
+#: A file's name and stem (the name up to its last dot), and a stem's parts: split at its last two
+#: dashes (``Patient_ID`` may hold dashes itself), or at its only one.
+_NAME = r"(?P<name>(?P<stem>[^/]*?)(?:\.[^./]*)?)$"
+_STEM = r"^(?:(?P<pid_visit>.*)-(?P<visit>[^-]*)|(?P<pid>[^-]*))-(?P<limb>[^-]*)$"
+
+
+def parse_names(paths: pd.Series) -> pd.DataFrame:
+    """``Patient_ID``, ``visit``, ``limb`` and ``problem`` of each file from its stem, vectorised (an
+    archive lists hundreds of thousands): ``{Patient_ID}-{limb}`` or ``{Patient_ID}-{visit}-{limb}``,
+    the limb in any case. A name that gives no patient and limb gets a one-line ``problem`` instead."""
+    found = pc.extract_regex(pa.array(paths.astype(object), pa.string()), _NAME)
+    parts = pc.extract_regex(found.field("stem"), _STEM)
+    pid = pc.if_else(pc.equal(parts.field("pid_visit"), ""), parts.field("pid"), parts.field("pid_visit"))
+    visit = pc.if_else(pc.equal(parts.field("pid_visit"), ""), pa.scalar(None, pa.string()), parts.field("visit"))
+    limb = pc.utf8_upper(parts.field("limb"))
+    ok = pc.fill_null(pc.and_(pc.and_(pc.is_in(limb, value_set=pa.array(LIMBS)), pc.not_equal(pid, "")),
+                              pc.or_kleene(pc.is_null(visit), pc.not_equal(visit, ""))), False)
+    problem = pc.binary_join_element_wise("file name '", found.field("name"),
+                                          f"' gives no patient and limb ({_NAMING})", "")
+
+    def keep(values: pa.Array, where: pa.Array) -> list:
+        return pc.if_else(where, values, pa.scalar(None, pa.string())).to_pylist()
+
+    return pd.DataFrame({ID_COLUMN: keep(pid, ok), "visit": keep(visit, ok), "limb": keep(limb, ok),
+                         "problem": keep(problem, pc.invert(ok))}, index=paths.index, dtype=object)
+
+
 def parse_name(path: str) -> tuple[str, str | None, str] | str:
-    """``(Patient_ID, visit, limb)`` from a file's stem, or a one-line problem when it gives none.
+    """:func:`parse_names` of one file: ``(Patient_ID, visit, limb)``, or the problem.
 
     ``UAB001-LH.jpg`` gives ``("UAB001", None, "LH")``; ``UAB001-V2-rh.dcm`` gives ``("UAB001", "V2", "RH")``.
     """
-    stem = posixpath.basename(path)
-    stem = stem[: stem.rfind(".")] if "." in stem else stem
-    parts = stem.rsplit("-", 2)
-    limb = parts[-1].upper() if len(parts) >= 2 else ""
-    if limb not in LIMBS or not all(parts[:-1]):
-        return f"file name {posixpath.basename(path)!r} gives no patient and limb ({_NAMING})"
-    return (parts[0], parts[1] if len(parts) == 3 else None, limb)
+    row = parse_names(pd.Series([path])).iloc[0]
+    return row["problem"] if row["problem"] is not None else (row[ID_COLUMN], row["visit"], row["limb"])
 
 
 def fs_path(uri: str) -> str:
@@ -122,11 +145,8 @@ def read_manifest(uri: str, loc: Location, storage_options: dict[str, Any] | Non
     return df.set_index("path")[[ID_COLUMN, "visit", "limb"]]
 
 
-def _identify(uri: str, manifest: pd.DataFrame | None) -> tuple[str | None, str | None, str | None, str | None]:
-    """``(Patient_ID, visit, limb, problem)`` of one file, from the manifest when there is one."""
-    if manifest is None:
-        parsed = parse_name(uri)
-        return (None, None, None, parsed) if isinstance(parsed, str) else (*parsed, None)
+def _from_manifest(uri: str, manifest: pd.DataFrame) -> tuple[str | None, str | None, str | None, str | None]:
+    """``(Patient_ID, visit, limb, problem)`` of one file, as the manifest names it."""
     if uri not in manifest.index:
         return None, None, None, "file is not in the manifest, so its patient and limb are unknown"
     row = manifest.loc[uri]
@@ -161,15 +181,17 @@ def list_inputs(
         extra = [] if table is None else [u for u in table.index if u not in stats]
         stats.update(_file_stats(loc, extra))
         wanted = sorted(set(stats) | set(extra))
-    rows = []
-    for uri in wanted:
-        pid, visit, limb, problem = _identify(uri, table)
-        if uri not in stats:
-            problem = "file not found" + (" (listed in the manifest)" if table is not None else "")
-        size, mtime = stats.get(uri, (None, None))
-        rows.append((uri, pid, visit, limb, size, mtime, problem))
-    files = pd.DataFrame(rows, columns=list(LISTING_COLUMNS))
-    files["size_bytes"] = files["size_bytes"].astype("Int64")
+    files = pd.DataFrame({"path": pd.Series(wanted, dtype=object)})
+    if table is None:
+        files = files.join(parse_names(files["path"]))
+    else:
+        files[[ID_COLUMN, "visit", "limb", "problem"]] = [_from_manifest(uri, table) for uri in wanted] or None
+    found = [stats.get(uri) for uri in wanted]
+    files["problem"] = files["problem"].where(
+        [f is not None for f in found], "file not found" + (" (listed in the manifest)" if table is not None else ""))
+    files["size_bytes"] = pd.array([f[0] if f else None for f in found], dtype="Int64")
+    files["mtime"] = pd.array([f[1] if f else None for f in found], dtype="Int64")
+    files = files[list(LISTING_COLUMNS)]
     # UTC, to the microsecond the tables keep
     files["mtime"] = pd.to_datetime(files["mtime"].astype("Int64") // 1000, unit="us", utc=True)
     return Listing(files=files, ignored=ignored)

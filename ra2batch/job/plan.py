@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ra2batch.catalogue import ID_COLUMN
 from ra2batch.job.tables import REDUCE
 from ra2batch.output import delta
 from ra2batch.output.reader import Snapshot
-from ra2batch.output.schema import BUCKET, TABLES, bucket_count, bucket_of
+from ra2batch.output.schema import BUCKET, RADIOGRAPHS_PER_BUCKET, TABLES, bucket_count, bucket_of
 
 _LIMB_KEY = [ID_COLUMN, "visit", "limb"]
 
@@ -37,10 +39,15 @@ class RunPlan:
 
     @property
     def partitions(self) -> int:
-        """Buckets the reduce stage writes: all of a full run's, a merge's touched ones."""
+        """Shuffle partitions of the reduce stage: one per bucket it writes (all of a full run's, a
+        merge's touched ones), but no more than one per ``RADIOGRAPHS_PER_BUCKET`` files it reduces:
+        each partition costs an aggregator process, which a nightly run over three files does not need."""
         if self.overwrite:
-            return self.buckets
-        return len(set(self.files[BUCKET]) | set(self.removed[BUCKET].to_pylist()))
+            touched, files = self.buckets, self.listed
+        else:
+            touched = len(set(self.files[BUCKET]) | set(self.removed[BUCKET].to_pylist()))
+            files = len(self.files) + self.removed.num_rows
+        return max(1, min(touched, -(-files // RADIOGRAPHS_PER_BUCKET)))
 
     @property
     def skipped(self) -> int:
@@ -59,6 +66,13 @@ def full_plan(listing: pd.DataFrame, buckets: int | None) -> RunPlan:
     """Score every listed file into a new set of tables of ``buckets`` buckets (default: sized to the archive)."""
     n = buckets or bucket_count(len(listing))
     return RunPlan(_with_buckets(listing, n), REDUCE.empty_table(), n, overwrite=True, listed=len(listing))
+
+
+def _isin(values: pd.Series, others) -> np.ndarray:
+    """``values.isin(others)`` in Arrow (pandas' Arrow-backed strings do it in a Python loop)."""
+    value_set = pa.array(list(others) if isinstance(others, set) else others, pa.string())
+    return pc.fill_null(pc.is_in(pa.array(values, pa.string()), value_set=value_set), False).to_numpy(
+        zero_copy_only=False)
 
 
 def _keys(df: pd.DataFrame) -> pd.Series:
@@ -80,10 +94,10 @@ def merge_plan(listing: pd.DataFrame, current: Snapshot, model_version: str, ful
     changed = ((seen["_merge"] == "left_only") | (seen["size_bytes"] != seen["size_bytes_seen"])
                | (seen["mtime"] != seen["mtime_seen"]) | (seen["model_version"] != model_version))
     score = changed.fillna(True).to_numpy(bool) | full
-    gone = live[~live["path"].isin(listing["path"])]
+    gone = live[~_isin(live["path"], listing["path"])]
     touched = pd.concat([listing[score & listing[ID_COLUMN].notna().to_numpy()], gone])
-    near = listing[ID_COLUMN].isin(set(touched[ID_COLUMN])).to_numpy()  # few rows: keys built for them only
-    score[near] |= _keys(listing[near]).isin(set(_keys(touched))).to_numpy()
+    near = _isin(listing[ID_COLUMN], set(touched[ID_COLUMN].dropna()))  # few rows: keys built for them only
+    score[near] |= _isin(_keys(listing[near]), set(_keys(touched)))
     files = _with_buckets(listing[score], current.buckets)
 
     removed = pa.Table.from_pandas(gone[["path", ID_COLUMN, "visit", "limb", BUCKET]].assign(record="removed"),

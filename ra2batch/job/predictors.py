@@ -1,7 +1,7 @@
 """Model stages (actors): the detector finds crops, the joint models score them.
 
 Each actor loads the models it needs once and maps an Arrow table of ``tables.STREAM`` rows to
-another, carrying the file identity through. All are pure functions of their input rows, so Ray may
+another (the joint models' output without the crops: ``tables.REDUCE``), carrying the file identity through. All are pure functions of their input rows, so Ray may
 replay a restarted actor's call without changing or duplicating any output. A radiograph the
 detector cannot take becomes that file's error row; it never stops the job.
 """
@@ -111,7 +111,7 @@ class Detector:
 class JointScorer:
     """Joint-model actor: scores every ``crop`` record with its group's model and emits one
     ``joint`` record per model output (score clipped to the column's range, attention map attached).
-    Other records pass through unchanged."""
+    Other records pass through unchanged; no crop leaves it (``tables.REDUCE`` rows)."""
 
     def __init__(self, source: ModelSource | ModelBundle, batch_size: int = 64, tta: bool = True,
                  review_threshold: float = 0.5):
@@ -130,7 +130,7 @@ class JointScorer:
         crops = batch.filter(is_crop)
         passed = batch.filter(pc.invert(is_crop))
         if crops.num_rows == 0:
-            return passed
+            return passed.drop_columns(["crop"])
         meta = crops.drop_columns(["crop"]).to_pylist()
         pixels = crops.column("crop")
         rows: list[dict[str, Any]] = []
@@ -150,7 +150,7 @@ class JointScorer:
                                      "attention": att.ravel().tolist(), "attention_h": int(att.shape[0]),
                                      "attention_w": int(att.shape[1]), "uncertainty": float(u),
                                      "review": bool(u > self.review_threshold)})
-        return pa.concat_tables([passed, pa.Table.from_pylist(rows, schema=STREAM)])
+        return pa.concat_tables([passed, pa.Table.from_pylist(rows, schema=STREAM)]).drop_columns(["crop"])
 
 
 class DetectAndScore:

@@ -16,6 +16,7 @@ from typing import Any, Iterator, Sequence
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 
 from ra2batch.output import delta
 from ra2batch.output.runs import RUNS, RUNS_TABLE, published, read_runs
@@ -76,12 +77,20 @@ class Snapshot:
 
     def batches(self, name: str, columns: Sequence[str] | None = None, batch_size: int = 4096
                 ) -> Iterator[pa.RecordBatch]:
-        """Table ``name`` in record batches, bucket by bucket (bounded memory, whatever the table's size)."""
-        data = self.dataset(name)
-        fragments = sorted(data.get_fragments(), key=lambda f: (_bucket(f), f.path))
-        for fragment in fragments:
-            yield from pads.Scanner.from_fragment(fragment, schema=data.schema, batch_size=batch_size,
-                                                  columns=list(columns) if columns else None).to_batches()
+        """Table ``name`` in record batches, bucket by bucket (bounded memory, whatever the table's size).
+
+        Each data file is opened in turn and let go: a dataset's fragments keep their Parquet
+        metadata once read (70 MB over the 256 files of a 320,000-radiograph patients table)."""
+        files = sorted(((b, path) for b, fs in delta.data_files(self.table(name)).items() for path, _ in fs))
+        table = TABLES[name]
+        wanted = [c for c in (columns or table.schema.names)]
+        for bucket, path in files:
+            with self.out.fs.open_input_file(self.out.join(name, path)) as f:
+                reader = pq.ParquetFile(f)
+                for batch in reader.iter_batches(batch_size, columns=[c for c in wanted if c != BUCKET]):
+                    if BUCKET in wanted:
+                        batch = batch.append_column(BUCKET, pa.array([bucket] * batch.num_rows, pa.int64()))
+                    yield batch.select(wanted)
 
     def runs(self) -> pa.Table:
         """The output's ``runs`` table: every run event up to this state's manifest (a small table)."""
@@ -92,11 +101,6 @@ class Snapshot:
     def predictions(self) -> str | None:
         """Path (in ``out``'s terms) of this state's predictions.csv as the run wrote it."""
         return self.out.join(self.run["predictions"]) if self.run.get("predictions") else None
-
-
-def _bucket(fragment) -> int:
-    value = pads.get_partition_keys(fragment.partition_expression).get(BUCKET)
-    return -1 if value is None else int(value)
 
 
 def _as_of_row(manifests: list[dict[str, Any]], as_of: int | str | dt.datetime, uri: str) -> dict[str, Any]:
