@@ -73,3 +73,35 @@ def test_each_figure_comes_from_the_run_of_median_wall_time():
     assert (chosen["id"], chosen["wall_s"], chosen["peak_memory_bytes"]) == (2, 8.0, 4)
     assert [r["wall_s"] for r in chosen["repeats"]] == [9.0, 7.0, 8.0]
     assert median_run(tries[:2])["id"] == 1  # of two, the faster
+
+
+REDUCE_BENCH = BENCH.parent / "bench_reduce.py"
+
+
+def test_reduce_benchmark_reports_the_contract(tmp_path):
+    """A tiny run of the archive-scale benchmark: the JSON names every figure of its contract."""
+    from ra2batch.job.pipeline import DEMO_BUNDLE
+
+    if not (DEMO_BUNDLE / "bundle.json").is_file():
+        import pytest
+
+        pytest.skip("needs the demo bundle (the template is the demo archive scored by it)")
+    figures, report = tmp_path / "reduce.json", tmp_path / "REDUCE.md"
+    done = subprocess.run(
+        [sys.executable, str(REDUCE_BENCH), "--radiographs", "64", "256", "--cache", str(tmp_path / "cache"),
+         "--json", str(figures), "--results-md", str(report), "--cpus", "2"],
+        capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(figures.read_text())
+    assert set(result["runs"]) == {"64", "256"}
+    for n, run in result["runs"].items():
+        assert run["radiographs"] == int(n) and run["patients"] == int(n) // 4
+        for figure in ("driver_peak_rss_gib", "cluster_peak_gib", "wall_s", "radiographs_per_s"):
+            assert _positive(run[figure]), (n, figure)
+        assert run["data_files"] >= 5  # four bucketed tables and the runs table's files
+    nightly = result["nightly"]
+    assert nightly["store_radiographs"] == 256 and nightly["scored"] == 3 and nightly["patients_rebuilt"] == 3
+    assert _positive(nightly["wall_s"]) and 0 < nightly["files_rewritten_fraction"] <= 1
+    assert set(result["targets"]) == {"driver_peak_16n_over_n", "driver_peak_gib", "throughput_16n_over_n",
+                                      "nightly_files_rewritten_fraction", "nightly_over_16n_wall"}
+    assert "## Machine" in report.read_text() and "bench_reduce.py" in report.read_text()
