@@ -70,7 +70,7 @@ def _table(bucket, name: str) -> pd.DataFrame:
 
 
 def test_second_run_scores_nothing_and_three_new_images_rebuild_three_patients(
-        s3_bucket, source_images, tiny_bundle, ray_local):
+        s3_bucket, source_images, tiny_bundle, warm_pool):
     pids = [f"P{i:03d}" for i in range(100)]
     for pid in pids:
         for limb in LIMBS:
@@ -162,7 +162,7 @@ def test_new_model_version_rescores_everything_and_removed_files_are_marked(
 
 @pytest.mark.parametrize("store", ["local", "s3"])
 def test_readers_see_one_whole_version_while_a_nightly_run_commits(store, request, tmp_path, source_images,
-                                                                   tiny_bundle, ray_local):
+                                                                   tiny_bundle, warm_pool):
     archive = tmp_path / "archive"
     archive.mkdir()
     for i in range(3):

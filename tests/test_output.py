@@ -55,6 +55,14 @@ def _score(store: Store, models: str):
     return score_archive(store.archive, store.out, models=models, storage_options=store.options)
 
 
+def _score_warm(store: Store, models: str):
+    """:func:`_score` on the module's warm pool."""
+    from ra2batch.job import JobConfig, score_archive
+
+    return score_archive(store.archive, store.out, models=models, storage_options=store.options,
+                         config=JobConfig(model_pool="warm"))
+
+
 def _state(store: Store) -> tuple[int, str, int, int, int, set]:
     """``(version, run_id, patients, images, joints, every scored_at in them)`` as a reader sees the output."""
     from ra2batch.output import open_output
@@ -115,10 +123,11 @@ def _kill_after_publishing(m):
     m.setattr(pipeline, "install_predictions", install)
 
 
-def test_a_run_killed_at_any_point_leaves_the_tables_of_one_run(store, ray_local, tiny_bundle, monkeypatch):
+def test_a_run_killed_at_any_point_leaves_the_tables_of_one_run(store, warm_pool, tiny_bundle, monkeypatch):
     from ra2batch.evaluate import read_table
     from ra2batch.output import history
 
+    _score = _score_warm
     first = _score(store, tiny_bundle)
     before = _state(store)
     assert before[:5] == (1, first.run_id, 2, 8, 2 * 86) and len(before[5]) == 1
@@ -150,7 +159,7 @@ def test_a_run_killed_at_any_point_leaves_the_tables_of_one_run(store, ray_local
     assert sorted(_predictions_csv(store)["Patient_ID"]) == ["K1", "K2", "K3"]
 
 
-def test_a_second_writer_is_refused_while_one_writes(store, ray_local, tiny_bundle, capsys):
+def test_a_second_writer_is_refused_while_one_writes(store, warm_pool, tiny_bundle, capsys):
     from ra2batch.cli import main
     from ra2batch.job import JobError
     from ra2batch.output import history
@@ -168,7 +177,7 @@ def test_a_second_writer_is_refused_while_one_writes(store, ray_local, tiny_bund
     finally:
         held.release()
     # the holder is gone (no lease, no end recorded): the next run takes over and says what happened
-    done = _score(store, tiny_bundle)
+    done = _score_warm(store, tiny_bundle)
     runs = history(store.out, store.options).set_index(["run_id", "state"])
     assert (held.run_id, "abandoned") in runs.index and (done.run_id, "published") in runs.index
     assert not any(r.startswith(held.run_id) and s == "published" for r, s in runs.index)
