@@ -266,7 +266,7 @@ def _ratios(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def _markdown(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = ["# Reduce and write benchmark: results", "",
-             f"Command: `{result['command']}`", "",
+             f"Command: `{result['command']}` ({result['started']}); see README.md, \"Archive-scale benchmark\".", "",
              "## Machine", "",
              f"{m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; Ray {m['ray']}, Python {m['python']}; "
              f"load average {m['load_average_1m_at_start']} at the start; {result['cpus']} CPUs for Ray.", "",
@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     cache = args.cache.resolve()
     cache.mkdir(parents=True, exist_ok=True)
     info = {"machine": machine(), "cpus": args.cpus, "command": "python benchmarks/bench_reduce.py " + " ".join(
-        sys.argv[1:] if argv is None else argv)}
+        sys.argv[1:] if argv is None else argv), "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     print("scoring the demo archive for the replay template ...", flush=True)
     template = _template(cache)
     archive = cache / "archive"
