@@ -81,7 +81,7 @@ def replay_block(batch: dict[str, Any], images, joints, root: str, buckets: int)
     import pyarrow as pa
 
     from ra2batch.job.tables import REDUCE
-    from ra2batch.output.schema import BUCKET, bucket_of
+    from ra2batch.output.buckets import BUCKET, bucket_of
 
     pids = sorted(set(images["Patient_ID"].to_pylist()))
     suffix = {p: Path(p).suffix for p in images["path"].to_pylist()}
@@ -124,7 +124,7 @@ def _child_replay(spec: dict[str, Any]) -> dict[str, Any]:
     from ra2batch.job.plan import RunPlan
     from ra2batch.job.pipeline import load_models, write_run
     from ra2batch.job.tables import REDUCE
-    from ra2batch.output.schema import bucket_count
+    from ra2batch.output.buckets import bucket_count
     from ra2batch.output.writer import repair, writing
     from ra2batch.storage import resolve
 

@@ -8,10 +8,11 @@
 import argparse
 import sys
 
+from ra2batch.cli import EPILOG, run
 from ra2batch.job import pool_cli
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="model_pool.py", description="Start, list or stop the warm model actors "
-                                     "that scoring jobs with the same bundle share.")
+                                     "that scoring jobs with the same bundle share.", epilog=EPILOG)
     pool_cli.add_arguments(parser)
-    sys.exit(pool_cli.main(parser.parse_args()))
+    sys.exit(run(parser, pool_cli))

@@ -7,10 +7,11 @@
 import argparse
 import sys
 
+from ra2batch.cli import EPILOG, run
 from ra2batch.job import cli
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="score_archive.py", description="Score an archive of hand and foot "
-                                     "radiographs into per-patient RA2 scores (Ray Data).")
+                                     "radiographs into per-patient RA2 scores (Ray Data).", epilog=EPILOG)
     cli.add_arguments(parser)
-    sys.exit(cli.main(parser.parse_args()))
+    sys.exit(run(parser, cli))

@@ -2,15 +2,16 @@
 
 Example (the built-in demo bundle)::
 
-    python jobs/train.py --data cohort/ --out bundle/ --preset demo
+    python jobs/train.py --input cohort/ --output bundle/ --preset demo
 """
 
 import argparse
 import sys
 
+from ra2batch.cli import EPILOG, run
 from ra2batch.training import cli
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="jobs/train.py", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="jobs/train.py", description=__doc__.splitlines()[0], epilog=EPILOG)
     cli.add_arguments(parser)
-    sys.exit(cli.main(parser.parse_args()))
+    sys.exit(run(parser, cli))

@@ -1,24 +1,32 @@
-"""``ra2batch evaluate``: score predictions with the challenge scorer against a random baseline."""
+"""``ra2batch evaluate``: score predictions with the challenge scorer against a random baseline.
+
+pandas, pyarrow and the scorer are imported where they are used, so that the command line's
+``--help`` does not wait for them.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from .catalogue import ID_COLUMN
-from .scorer import ScoringError, align, random_baseline, score
-from .storage import resolve
+from .cliutil import USAGE, add_storage_options, error
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _versioned(uri: str, storage_options: dict[str, Any] | None) -> pd.DataFrame | None:
     """A scoring output's published predictions (``uri`` its folder) or table (``uri`` a table of it),
     or any Delta table at its latest version; ``None`` when ``uri`` is none of these. Read through
     ``ra2batch.output``: a glob over a versioned table's files would also see replaced rows."""
+    import pandas as pd
+
     from ra2batch.output import TABLES, OutputError, open_output
+    from ra2batch.scorer import ScoringError
+    from ra2batch.storage import resolve
 
     loc = resolve(uri, storage_options)
     parent, _, name = uri.rstrip("/").rpartition("/")
@@ -41,9 +49,13 @@ def _versioned(uri: str, storage_options: dict[str, Any] | None) -> pd.DataFrame
 def read_table(uri: str, what: str, storage_options: dict[str, Any] | None = None) -> pd.DataFrame:
     """A CSV file, a Parquet file/dataset, a scoring output (its predictions) or one of its tables
     (local or s3://) as a DataFrame, Patient_ID as text."""
-    loc = resolve(uri, storage_options)
+    import pandas as pd
     import pyarrow.fs as pafs
 
+    from ra2batch.scorer import ScoringError
+    from ra2batch.storage import resolve
+
+    loc = resolve(uri, storage_options)
     info = loc.fs.get_file_info(loc.path)
     if info.type == pafs.FileType.NotFound:
         raise ScoringError(f"{what}: {uri} does not exist")
@@ -63,12 +75,16 @@ def read_table(uri: str, what: str, storage_options: dict[str, Any] | None = Non
     except Exception as e:  # a parse failure of any kind is reported, not raised at the user
         raise ScoringError(f"{what}: cannot read {uri}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
     if ID_COLUMN in df.columns:
-        df[ID_COLUMN] = df[ID_COLUMN].astype(str)
+        from ra2batch.csvtext import restore
+
+        df[ID_COLUMN] = restore(df[ID_COLUMN].astype(str))
     return df
 
 
 def evaluate(pred: pd.DataFrame, truth: pd.DataFrame, seed: int = 0) -> dict[str, Any]:
     """Scores of ``pred`` and of the seeded random baseline drawn from ``truth``'s labels."""
+    from ra2batch.scorer import align, random_baseline, score
+
     _, t, extra = align(pred, truth)
     s = score(pred, truth)
     b = score(random_baseline(truth, list(t.index), seed=seed), truth)
@@ -99,32 +115,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--truth", required=True, metavar="T", help="RA2 training.csv with the gold scores")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline (default 0)")
-    p.add_argument("--storage-options", type=json.loads, default=None, metavar="JSON",
-                   help="extra S3 settings, e.g. '{\"endpoint_url\": \"http://127.0.0.1:9000\"}'")
+    add_storage_options(p)
     p.add_argument("--plots", metavar="DIR",
                    help="also write predicted-vs-true, per-joint error map and Bland-Altman PNGs into DIR")
 
 
 def main(args: argparse.Namespace) -> int:
+    from ra2batch.scorer import ScoringError
+
     try:
         truth = read_table(args.truth, "truth", args.storage_options)
         pred = read_table(args.predictions, "predictions", args.storage_options)
         r = evaluate(pred, truth, seed=args.seed)
     except ScoringError as e:
-        print(f"ra2batch evaluate: error: {e}", file=sys.stderr)
-        return 2
+        return error("evaluate", e, USAGE)
     if r["extra_patients"]:
         ids = r["extra_patients"]
         print(f"note: {len(ids)} patient(s) in the predictions are not in the truth and were ignored: "
               f"{', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}", file=sys.stderr)
+    plots = []
     if args.plots:
         from .plots import write_plots
 
-        for path in write_plots(pred, truth, args.plots):
-            print(f"wrote {path}", file=sys.stderr)
+        plots = [str(path) for path in write_plots(pred, truth, args.plots)]
     if args.json:
-        print(json.dumps({k: r[k] for k in ("sc1", "sc2", "sc3", "baseline_sc1", "baseline_sc2",
-                                            "baseline_sc3", "n_patients")}))
+        print(json.dumps({**{k: r[k] for k in ("sc1", "sc2", "sc3", "baseline_sc1", "baseline_sc2",
+                                                "baseline_sc3", "n_patients")}, "plots": plots}))
     else:
-        print(format_table(r))
+        print("\n".join([format_table(r), *(f"wrote {path}" for path in plots)]))
     return 0

@@ -27,7 +27,8 @@ def nightly_rescore(
     config: JobConfig | None = None,
     storage_options: dict[str, Any] | None = None,
     full: bool = False,
+    address: str | None = None,
 ) -> JobSummary:
     """Bring ``output`` up to date with ``input``: score new, changed or stale files; rebuild their patients."""
     return run_job("nightly", input, output, models=models, manifest=manifest, config=config,
-                   storage_options=storage_options, full=full)
+                   storage_options=storage_options, full=full, address=address)

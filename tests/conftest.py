@@ -153,10 +153,12 @@ def ray_cluster(tmp_path_factory):
     """A head and a worker node (2 CPUs each) on this machine, each in its own process group,
     with token authentication on and ports of their own; stopped by killing exactly those groups.
 
-    Ray's temp dir is a short path under /tmp: its unix socket paths must stay under 108 bytes.
+    Ray's temp dir is a short path under /tmp (its unix socket paths must stay under 108 bytes) and
+    its own: ``RAY_TMPDIR`` in ``env`` makes it this machine's Ray to every process run with ``env``
+    (``ray start`` records the head there), and no other cluster's.
     """
     root = Path(tempfile.mkdtemp(prefix="ra2c", dir="/tmp"))
-    env = {**os.environ, "HOME": str(root), **ray_token_env(root / "auth"),
+    env = {**os.environ, "HOME": str(root), "RAY_TMPDIR": str(root), **ray_token_env(root / "auth"),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
     port, dash = free_port(), free_port()
@@ -167,7 +169,7 @@ def ray_cluster(tmp_path_factory):
                 "--dashboard-agent-listen-port", str(free_port())]
 
     procs = [_start_node(["--head", "--port", str(port), "--dashboard-port", str(dash), "--dashboard-host", "127.0.0.1",
-                          "--ray-client-server-port", str(free_port()), "--temp-dir", str(root / "tmp"), *node()],
+                          "--ray-client-server-port", str(free_port()), "--temp-dir", str(root / "ray"), *node()],
                          env, logs[0])]
     try:
         _wait_for_nodes(env, gcs, 1, procs, logs[:1])

@@ -26,7 +26,8 @@ def write_output(uri: str, frames: dict[str, pd.DataFrame], storage_options=None
     import pyarrow as pa
 
     from ra2batch.output.files import write_bucket
-    from ra2batch.output.schema import BUCKET, TABLES, bucket_of
+    from ra2batch.output.buckets import BUCKET, bucket_of
+    from ra2batch.output.schema import TABLES
     from ra2batch.output.writer import commit_tables, repair, writing
     from ra2batch.storage import resolve
 

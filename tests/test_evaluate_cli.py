@@ -27,7 +27,7 @@ def test_json_reproduces_hand_computed_scores(files):
     r = run("--predictions", str(d / "pred.csv"), "--truth", str(d / "training.csv"), "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert set(out) == {"sc1", "sc2", "sc3", "baseline_sc1", "baseline_sc2", "baseline_sc3", "n_patients"}
+    assert set(out) == {"sc1", "sc2", "sc3", "baseline_sc1", "baseline_sc2", "baseline_sc3", "n_patients", "plots"}
     assert out["sc1"] == pytest.approx(5.287094 / 3.143547, rel=1e-6)
     assert out["sc2"] == pytest.approx(2.143547 * math.sqrt(4 / 42) / 3.143547, rel=1e-6)
     assert out["sc3"] == pytest.approx(math.sqrt(1 / 44) / 3.143547, rel=1e-6)
@@ -81,6 +81,7 @@ def test_plots_written(files):
     d, _ = files
     r = run("--predictions", str(d / "pred.csv"), "--truth", str(d / "training.csv"), "--plots", str(d / "plots"))
     assert r.returncode == 0, r.stderr
+    assert r.stdout.count("\nwrote ") == 3  # results on stdout, with the table
     names = sorted(p.name for p in (d / "plots").iterdir())
     assert names == ["bland_altman.png", "joint_error_map.png", "predicted_vs_true.png"]
     assert all((d / "plots" / n).stat().st_size > 5000 for n in names)

@@ -89,3 +89,16 @@ def test_joints_flagged_by_test_time_augmentation_are_listed_for_review():
     joints["review"] = joints["column"].isin(["RF_mtp_E__3", "LH_wrist_J__mna"])
     (row,) = assemble_patients(images, joints).to_dict("records")
     assert row["qc_flags"] == ["review:LH_wrist_J__mna", "review:RF_mtp_E__3"]
+
+
+def test_predictions_quote_text_a_spreadsheet_would_run(tmp_path):
+    from ra2batch.evaluate import read_table
+
+    images, _ = _images(("/a.jpg", "=HYPERLINK(1)", None, "LH", "ok"), ("/b.jpg", "P5", None, "LH", "ok"),
+                        ("/c.jpg", "-7", None, "LH", "ok"))
+    joints = pd.concat([_joints("/a.jpg", "=HYPERLINK(1)", "LH"), _joints("/b.jpg", "P5", "LH"),
+                        _joints("/c.jpg", "-7", "LH")])
+    pred = predictions(assemble_patients(images, joints), MEDIANS, visits=False)
+    assert sorted(pred["Patient_ID"]) == ["'-7", "'=HYPERLINK(1)", "P5"]
+    pred.to_csv(tmp_path / "p.csv", index=False)
+    assert sorted(read_table(str(tmp_path / "p.csv"), "predictions")["Patient_ID"]) == ["-7", "=HYPERLINK(1)", "P5"]

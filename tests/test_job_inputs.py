@@ -128,3 +128,35 @@ def test_boolean_job_flags_switch_both_ways():
     assert p.parse_args([]).tta is None  # unset: the config file's or the default
     with pytest.raises(SystemExit):
         p.parse_args(["--tta", "false"])  # no silent "true"
+
+
+def test_local_listing_follows_the_filesystem_safely(tmp_path):
+    """Each file once through a link loop; links that dangle, loop or leave the folder, and FIFOs, are
+    entries with a problem (never read, never skipped); a link inside the folder is followed."""
+    import os
+
+    archive = tmp_path / "archive"
+    _touch(archive, "P1-LH.jpg", "sub/P2-LH.jpg", "notes.txt")
+    (tmp_path / "outside-LH.jpg").write_bytes(b"not yours")
+    os.symlink(".", archive / "loop")
+    os.symlink(archive / "sub", archive / "alias")
+    os.symlink(tmp_path / "outside-LH.jpg", archive / "X-LH.jpg")
+    os.symlink(archive / "gone.jpg", archive / "P3-LH.jpg")
+    os.symlink(archive / "P5-RH.jpg", archive / "P5-RH.jpg")  # a link to itself
+    os.symlink(archive / "P1-LH.jpg", archive / "P6-LH.jpg")  # inside the folder: followed
+    os.mkfifo(archive / "P4-LH.jpg")
+    listing = list_inputs(str(archive))
+    files = listing.files.set_index("path")
+    names = {p.removeprefix(str(archive) + "/") for p in files.index}
+    assert names == {"P1-LH.jpg", "sub/P2-LH.jpg", "X-LH.jpg", "P3-LH.jpg", "P4-LH.jpg", "P5-RH.jpg", "P6-LH.jpg"}
+    problem = {n: files.loc[f"{archive}/{n}", "problem"] for n in names}
+    assert problem["X-LH.jpg"].startswith(f"a symbolic link to {tmp_path / 'outside-LH.jpg'}, outside the input folder")
+    assert "--follow-links" in problem["X-LH.jpg"]
+    assert problem["P3-LH.jpg"].startswith("a dangling symbolic link")
+    assert problem["P4-LH.jpg"] == "a FIFO, not a regular file: not read"
+    assert problem["P5-RH.jpg"] == "a symbolic link loop: not read"
+    assert all(pd.isna(problem[n]) for n in ("P1-LH.jpg", "sub/P2-LH.jpg", "P6-LH.jpg"))
+    assert files.loc[[f"{archive}/{n}" for n in ("X-LH.jpg", "P3-LH.jpg", "P4-LH.jpg")], "size_bytes"].isna().all()
+    assert listing.ignored == 1  # notes.txt
+    followed = list_inputs(str(archive), follow_links=True).files.set_index("path")
+    assert pd.isna(followed.loc[f"{archive}/X-LH.jpg", "problem"]) and followed.loc[f"{archive}/X-LH.jpg", "size_bytes"] == 9

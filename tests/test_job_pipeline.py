@@ -8,6 +8,7 @@ these tests check the job's accounting; only the accuracy test needs trained mod
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -499,25 +500,53 @@ def test_cli_errors_are_one_line(tiny_bundle, tmp_path, capsys, monkeypatch):
 
     assert main(["score", "--input", str(tmp_path)]) == 2
     assert "give both --input and --output" in capsys.readouterr().err
+    # what the job is given and cannot use: exit 2, one line, before anything runs
     monkeypatch.setattr(pipeline, "DEMO_BUNDLE", tmp_path / "no-bundle")
-    assert main(["score", "--input", str(tmp_path), "--output", str(tmp_path / "o")]) == 1
+    assert main(["score", "--input", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "pass --models" in err and "ra2batch train" in err
-    assert main(["score", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--models", str(tmp_path)]) == 1
+    assert main(["score", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--models", str(tmp_path)]) == 2
     assert "no bundle.json; not a model bundle" in capsys.readouterr().err
     assert main(["score", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o"), "--models",
-                 tiny_bundle]) == 1
+                 tiny_bundle]) == 2
     assert f"input {tmp_path / 'nope'} does not exist" in capsys.readouterr().err
     # settings that are not valid: each named, on one line, before anything starts
-    assert main(["score", "--detector-actors", "0"]) == 1
+    assert main(["score", "--detector-actors", "0"]) == 2
     assert capsys.readouterr().err.strip() == ("ra2batch score: error: invalid job settings: detector_actors: Input "
                                                "should be greater than or equal to 1")
-    assert main(["score", "--decode-in-actors", "--no-fuse-models"]) == 1
+    assert main(["score", "--decode-in-actors", "--no-fuse-models"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "decode_in_actors needs the fused model actors" in err
+    # config files that do not parse, or would construct objects: one line naming the file and the place
+    (tmp_path / "bad.yaml").write_text("detector_batch_size: [1,\n")
+    (tmp_path / "evil.yaml").write_text("!!python/object/apply:os.system ['echo pwned']\n")
+    (tmp_path / "bad.json").write_text('{"tta": true,}')
+    for name, fragment in (("bad.yaml", "not valid YAML at line 2"), ("evil.yaml", "could not determine a constructor"),
+                           ("bad.json", "not valid JSON")):
+        assert main(["score", "--config", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and err.startswith(f"ra2batch score: error: config {tmp_path / name}: ") and \
+            fragment in err, err
     with pytest.raises(SystemExit):  # argparse: usage, then the flag by its own name
         main(["pool", "start", "--actors", "0"])
     assert capsys.readouterr().err.strip().endswith("ra2batch pool: error: argument --actors: must be at least 1, got 0")
+
+
+def test_outputs_that_cannot_be_used_are_refused_before_scoring(tiny_bundle, tmp_path, capsys):
+    from ra2batch.cli import main
+
+    write_archive(tmp_path / "archive", ["A1"])
+    (tmp_path / "taken").write_text("a file, not a folder")
+    (tmp_path / "locked").mkdir(mode=0o500)
+    cases = {str(tmp_path / "taken"): "is a file", str(tmp_path / "archive" / "out"): "is inside --input",
+             str(tmp_path / "archive"): "is inside --input"}
+    if os.geteuid() != 0:  # root may write anywhere
+        cases[str(tmp_path / "locked" / "out")] = "permission denied"
+    for output, fragment in cases.items():
+        assert main(["score", "--input", str(tmp_path / "archive"), "--output", output, "--models", tiny_bundle]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and fragment in err, err
+    assert not (tmp_path / "archive" / "out").exists()
 
 
 def _demo_bundle_or_skip():

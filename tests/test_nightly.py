@@ -208,10 +208,11 @@ def test_readers_see_one_whole_version_while_a_nightly_run_commits(store, reques
 
 
 def test_command_line_help_and_bad_input(tmp_path):
-    r = subprocess.run([sys.executable, str(REPO / "jobs" / "nightly_rescore.py"), "--help"],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and "--full" in r.stdout and "--input" in r.stdout
-    r = subprocess.run([sys.executable, str(REPO / "jobs" / "nightly_rescore.py"), "--input", str(tmp_path / "nope"),
-                        "--output", str(tmp_path / "out"), "--models", str(tmp_path / "no-bundle")],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 1 and r.stderr.startswith("nightly_rescore: error:") and "Traceback" not in r.stderr
+    for command in ([sys.executable, str(REPO / "jobs" / "nightly_rescore.py")], [sys.executable, "-m", "ra2batch", "nightly"]):
+        r = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and "--full" in r.stdout and "--input" in r.stdout and "--address" in r.stdout
+        r = subprocess.run([*command, "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "out"),
+                            "--models", str(tmp_path / "no-bundle")], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and r.stderr.startswith("ra2batch nightly: error:") and "Traceback" not in r.stderr
+        r = subprocess.run([*command, "--output", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and "the following arguments are required: --input" in r.stderr

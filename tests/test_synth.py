@@ -174,7 +174,7 @@ def test_left_limb_is_the_mirror_image_of_the_right():
 def test_cli_writes_a_cohort_and_rejects_bad_formats(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
-    args = parser.parse_args(["--out", str(tmp_path / "c"), "--patients", "1", "--seed", "1", "--scale", "0.2"])
+    args = parser.parse_args(["--output", str(tmp_path / "c"), "--patients", "1", "--seed", "1", "--scale", "0.2"])
     assert cli.main(args) == 0
     out = capsys.readouterr()
     assert "wrote 4 radiographs" in out.out and "1/1 patients" in out.err
@@ -182,3 +182,7 @@ def test_cli_writes_a_cohort_and_rejects_bad_formats(tmp_path, capsys):
     bad = parser.parse_args(["--out", str(tmp_path / "d"), "--patients", "1", "--seed", "1", "--formats", "jpg,tiff"])
     assert cli.main(bad) == 2
     assert "tiff" in capsys.readouterr().err
+    from ra2batch.synth.encode import FORMATS
+
+    assert cli.FORMAT_NAMES == tuple(FORMATS)  # the help's list is the encoders'
+

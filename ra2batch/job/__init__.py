@@ -12,14 +12,9 @@ the cluster with ``assemble``'s rules; ``tables`` holds the pipeline's own schem
 The names below are imported on first use, so ``ra2batch --help`` does not start importing Ray.
 """
 
-from ra2batch.job.config import JobConfig
+from ra2batch.lazy import attributes
 
-__all__ = ["JobConfig", "JobError", "JobSummary", "score_archive"]
-
-
-def __getattr__(name: str):
-    if name in ("JobError", "JobSummary", "score_archive"):
-        from ra2batch.job import pipeline
-
-        return getattr(pipeline, name)
-    raise AttributeError(f"module 'ra2batch.job' has no attribute {name!r}")
+_NAMES = {"JobConfig": "config", "JobError": "pipeline", "JobInputError": "pipeline", "JobSummary": "pipeline",
+          "score_archive": "pipeline"}
+__all__ = sorted(_NAMES)
+__getattr__ = attributes(__name__, _NAMES)

@@ -16,6 +16,7 @@ import pandas as pd
 
 from ra2batch import catalogue
 from ra2batch.catalogue import COLUMNS, EROSION, ID_COLUMN, LIMBS, TEMPLATE_ORDER
+from ra2batch.csvtext import neutralise
 
 KEY = [ID_COLUMN, "visit"]
 _LIMB_KEY = [ID_COLUMN, "_visit", "limb"]
@@ -134,13 +135,15 @@ def prediction_columns(ids: np.ndarray, visits: np.ndarray | None, scored: np.nd
                        medians: Mapping[str, float]) -> dict[str, np.ndarray]:
     """predictions.csv's columns, in the RA2 template order, for patients ``ids`` with ``[patients, 86]``
     ``scored`` values: no value missing (the fill rule: :func:`_filled`). With ``visits`` (any patient
-    of the output has one) a ``visit`` column follows ``Patient_ID``: one row per patient visit."""
+    of the output has one) a ``visit`` column follows ``Patient_ID``: one row per patient visit. Text
+    a spreadsheet would run as a formula is quoted (``csvtext.neutralise``)."""
     values, _ = _filled(scored, medians)
     columns = {c: values[:, i] for i, c in enumerate(COLUMNS)}
     columns.update(Overall_erosion=values[:, _IS_EROSION].sum(axis=1),
                    Overall_narrowing=values[:, ~_IS_EROSION].sum(axis=1), Overall_Tol=values.sum(axis=1))
     order = [ID_COLUMN, *(["visit"] if visits is not None else []), *TEMPLATE_ORDER[1:]]
-    return {c: ids if c == ID_COLUMN else visits if c == "visit" else columns[c] for c in order}
+    text = {ID_COLUMN: neutralise(ids), "visit": None if visits is None else neutralise(visits)}
+    return {c: text[c] if c in text else columns[c] for c in order}
 
 
 def predictions(patients: pd.DataFrame, medians: Mapping[str, float], visits: bool) -> pd.DataFrame:

@@ -8,11 +8,11 @@ into ``./ra2-output``. Every :class:`JobConfig` field also has its own flag, whi
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import typing
 from pathlib import Path
 
+from ra2batch.cliutil import RUNTIME, USAGE, add_address, add_storage_options, error
 from ra2batch.job.config import JobConfig
 
 DEMO_ARCHIVE = Path("ra2-demo-archive")
@@ -27,16 +27,18 @@ def _flag_type(annotation) -> type:
     return (args[0] if args else annotation)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input", metavar="URI", help="folder or s3://bucket/prefix of radiographs "
-                   "(*.jpg, *.jpeg, *.png, *.dcm, *.dicom at any depth); default: the built-in demo archive")
-    p.add_argument("--output", metavar="URI", help="folder or s3:// prefix for the tables and predictions.csv "
-                   "(default with the demo archive: ./ra2-output)")
+def add_arguments(p: argparse.ArgumentParser, *, demo: bool = True) -> None:
+    """The scoring job's flags; with ``demo``, ``--input`` and ``--output`` may both be left out."""
+    suffix = "; default: the built-in demo archive" if demo else ""
+    p.add_argument("--input", metavar="URI", required=not demo, help="folder or s3://bucket/prefix of radiographs "
+                   f"(*.jpg, *.jpeg, *.png, *.dcm, *.dicom at any depth){suffix}")
+    p.add_argument("--output", metavar="URI", required=not demo, help="folder or s3:// prefix for the tables and "
+                   "predictions.csv" + (" (default with the demo archive: ./ra2-output)" if demo else ""))
     p.add_argument("--models", metavar="URI", help="model bundle, folder or s3://; default: the built-in demo bundle")
     p.add_argument("--manifest", metavar="URI", help="CSV or Parquet with path, Patient_ID, limb and optional "
                    "visit, for archives whose file names are not {Patient_ID}-{limb}")
-    p.add_argument("--storage-options", type=json.loads, default=None, metavar="JSON",
-                   help='extra S3 settings, e.g. \'{"endpoint_url": "http://127.0.0.1:9000"}\'')
+    add_storage_options(p)
+    add_address(p)
     p.add_argument("--config", metavar="FILE", help="JobConfig as .json or .yaml (pool sizes, batch sizes, GPUs)")
     g = p.add_argument_group("job settings (override --config; unset ones are sized to the cluster)")
     for name, f in JobConfig.model_fields.items():
@@ -61,23 +63,31 @@ def _demo_archive() -> Path:
     return images
 
 
-def main(args: argparse.Namespace) -> int:
-    from ra2batch.job.pipeline import JobError, score_archive
+def job_config(args: argparse.Namespace) -> JobConfig:
+    """``--config`` with every job-setting flag given applied over it (``ValueError`` naming what is wrong)."""
+    config = JobConfig.load(args.config) if args.config else JobConfig()
+    return config.merged({name: getattr(args, name) for name in JobConfig.model_fields})
 
+
+def main(args: argparse.Namespace) -> int:
     demo = args.input is None and args.output is None
     if not demo and (args.input is None or args.output is None):
-        print("ra2batch score: error: give both --input and --output (or neither, for the demo archive)",
-              file=sys.stderr)
-        return 2
+        return error("score", "give both --input and --output (or neither, for the demo archive)", USAGE)
     try:
-        config = JobConfig.load(args.config) if args.config else JobConfig()
-        config = config.merged({name: getattr(args, name) for name in JobConfig.model_fields})
+        config = job_config(args)
+    except ValueError as e:
+        return error("score", e, USAGE)
+    from ra2batch.job.pipeline import JobError, JobInputError, score_archive
+
+    try:
         source = str(_demo_archive()) if demo else args.input
         summary = score_archive(source, str(DEMO_OUTPUT) if demo else args.output, models=args.models,
-                                manifest=args.manifest, config=config, storage_options=args.storage_options)
-    except (JobError, ValueError, OSError) as e:
-        print(f"ra2batch score: error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 1
+                                manifest=args.manifest, config=config, storage_options=args.storage_options,
+                                address=args.address)
+    except JobInputError as e:
+        return error("score", e, USAGE)
+    except (JobError, OSError) as e:
+        return error("score", e, RUNTIME)
     print(summary.format())
     if demo:
         print(f"compare with the phantom truth: ra2batch evaluate --predictions {DEMO_OUTPUT}/predictions.csv "

@@ -13,7 +13,7 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ra2batch.output.schema import MAX_BUCKETS, RADIOGRAPHS_PER_BUCKET
+from ra2batch.output.buckets import MAX_BUCKETS, RADIOGRAPHS_PER_BUCKET
 from ra2batch.validation import one_line
 
 
@@ -31,6 +31,9 @@ class JobConfig(BaseModel):
         "Patient_ID into this many, and a nightly merge rewrites only the files of the buckets it touches "
         f"(default: a power of two, about {RADIOGRAPHS_PER_BUCKET} radiographs a bucket; an output keeps its "
         "count until `ra2batch score` rewrites it)")
+    follow_links: bool = Field(False, description="follow symbolic links that leave a local --input folder (links "
+                               "inside it are followed; ones that loop or dangle, and FIFOs, sockets and devices, are "
+                               "error rows, never read)")
     files_per_decode_task: int = Field(8, ge=1, description="files read and decoded by one CPU task (or one "
                                        "model-actor call, when decode_in_actors)")
     decode_in_actors: bool | None = Field(
@@ -70,15 +73,26 @@ class JobConfig(BaseModel):
     def load(cls, path: str | Path) -> JobConfig:
         """A config from a ``.json``, ``.yaml`` or ``.yml`` file; unknown keys are an error."""
         p = Path(path)
-        text = p.read_text()
-        if p.suffix.lower() in (".yaml", ".yml"):
+        if p.suffix.lower() not in (".yaml", ".yml", ".json"):
+            raise ValueError(f"config {path}: expected a .json, .yaml or .yml file")
+        try:
+            text = p.read_text()
+        except OSError as e:
+            raise ValueError(f"config {path}: cannot read it ({e.strerror or e})") from None
+        if p.suffix.lower() == ".json":
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"config {path}: not valid JSON: {e}") from None
+        else:
             import yaml
 
-            data = yaml.safe_load(text) or {}
-        elif p.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            raise ValueError(f"config {path}: expected a .json, .yaml or .yml file")
+            try:  # safe_load builds plain data only: a tag that would construct an object is an error
+                data = yaml.safe_load(text) or {}
+            except yaml.YAMLError as e:
+                where = getattr(e, "problem_mark", None)
+                at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+                raise ValueError(f"config {path}: not valid YAML{at}: {getattr(e, 'problem', None) or e}") from None
         if not isinstance(data, dict):
             raise ValueError(f"config {path}: expected a mapping of settings, got {type(data).__name__}")
         try:

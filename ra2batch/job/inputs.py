@@ -1,13 +1,17 @@
 """Which files the job scores and whose radiographs they are.
 
-The archive is listed once on the driver (paths, sizes and modification times, never the bytes). Each file is
-identified by its stem, ``{Patient_ID}-{limb}`` or ``{Patient_ID}-{visit}-{limb}``, or by a manifest
+The archive is listed once on the driver (paths, sizes and modification times, never the bytes);
+a local folder safely (links that loop, dangle or leave it, FIFOs, sockets and devices are entries
+with a problem, never read). Each file is identified by its stem, ``{Patient_ID}-{limb}`` or ``{Patient_ID}-{visit}-{limb}``, or by a manifest
 for archives named otherwise. A file that cannot be identified is kept with a ``problem`` so that it
 becomes an images row with status ``error``: every listed file is accounted for.
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -91,19 +95,85 @@ def _absolute(loc: Location, path: str) -> str:
     return loc.uri_of(path)
 
 
+#: What the listing learns of a file: its size and modification time (nanoseconds since the epoch,
+#: ``None`` where the store gives none), or why it is not read.
+Stat = tuple[int, int | None] | str
+
+
 def _stat(info: pafs.FileInfo) -> tuple[int, int | None]:
-    """A listed file's size and modification time (nanoseconds since the epoch, ``None`` where the store gives none)."""
     return int(info.size), info.mtime_ns
 
 
-def _walk(loc: Location) -> tuple[dict[str, tuple[int, int | None]], int]:
-    """Radiograph URIs under ``loc`` with their size and modification time, and the count of other files."""
+_SPECIAL = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+            (stat.S_ISBLK, "a block device"))
+
+
+def _local_entry(entry: os.DirEntry, root: str, follow_links: bool) -> tuple[str, Any]:
+    """``("dir", path)``, ``("file", (size, mtime_ns))`` or ``("problem", why)`` for one folder entry.
+    Links are followed only when they stay inside ``root`` (a real path), or with ``follow_links``."""
+    try:
+        if entry.is_symlink():
+            target = os.path.realpath(entry.path)
+            try:
+                info = os.stat(entry.path)
+            except OSError as e:
+                why = "a symbolic link loop" if e.errno == errno.ELOOP else f"a dangling symbolic link (to {target})"
+                return "problem", f"{why}: not read"
+            if not follow_links and os.path.commonpath([root, target]) != root:
+                return "problem", (f"a symbolic link to {target}, outside the input folder: not followed (pass "
+                                   "--follow-links to follow links that leave it)")
+        else:
+            info = entry.stat(follow_symlinks=False)
+    except OSError as e:
+        return "problem", f"cannot read its details: {e.strerror or e}"
+    if stat.S_ISDIR(info.st_mode):
+        return "dir", entry.path
+    if stat.S_ISREG(info.st_mode):
+        return "file", (int(info.st_size), int(info.st_mtime_ns))
+    kind = next((name for test, name in _SPECIAL if test(info.st_mode)), "not a regular file")
+    return "problem", f"{kind}, not a regular file: not read"
+
+
+def _walk_local(top: str, follow_links: bool) -> tuple[dict[str, Stat], int]:
+    """A local folder's radiographs, listed safely: each folder once (a link back into one already
+    listed, as in ``loop -> .``, is not listed again), and every link that dangles, loops or leaves
+    the folder, and every FIFO, socket or device, an entry with its problem (never read)."""
+    root = os.path.realpath(top)
+    found: dict[str, Stat] = {}
+    ignored, seen, pending = 0, set(), [top]
+    while pending:
+        folder = pending.pop()
+        info = os.stat(folder)
+        identity = (info.st_dev, info.st_ino)
+        if identity in seen:
+            continue
+        seen.add(identity)
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as e:
+            found[folder] = f"cannot list this folder: {e.strerror or e}"
+            continue
+        for entry in entries:
+            kind, value = _local_entry(entry, root, follow_links)
+            if kind == "dir":
+                pending.append(value)
+            elif kind == "problem" or is_radiograph(entry.path):
+                found[entry.path] = value
+            else:
+                ignored += 1
+    return found, ignored
+
+
+def _walk(loc: Location, follow_links: bool = False) -> tuple[dict[str, Stat], int]:
+    """Radiograph URIs under ``loc`` with their :data:`Stat`, and the count of other files."""
     info = loc.fs.get_file_info(loc.path)
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"input {loc.uri} does not exist")
+    if info.type == pafs.FileType.Directory and not is_remote(loc.uri):
+        return _walk_local(loc.path, follow_links)
     infos = [info] if info.type == pafs.FileType.File else loc.fs.get_file_info(
         pafs.FileSelector(loc.path, recursive=True))
-    found: dict[str, tuple[int, int | None]] = {}
+    found: dict[str, Stat] = {}
     ignored = 0
     for i in infos:
         if i.type != pafs.FileType.File:
@@ -115,7 +185,7 @@ def _walk(loc: Location) -> tuple[dict[str, tuple[int, int | None]], int]:
     return found, ignored
 
 
-def _file_stats(loc: Location, uris: Sequence[str]) -> dict[str, tuple[int, int | None]]:
+def _file_stats(loc: Location, uris: Sequence[str]) -> dict[str, Stat]:
     """Size and modification time of the given files; files that do not exist are left out."""
     infos = loc.fs.get_file_info([fs_path(u) for u in uris]) if uris else []
     return {u: _stat(i) for u, i in zip(uris, infos) if i.type == pafs.FileType.File}
@@ -164,12 +234,14 @@ def list_inputs(
     manifest: str | None = None,
     paths: Sequence[str] | None = None,
     storage_options: dict[str, Any] | None = None,
+    follow_links: bool = False,
 ) -> Listing:
     """The files to score under ``input_uri`` (a folder, a single file, or ``s3://bucket/prefix``).
 
     ``paths`` restricts the job to those files (absolute, or relative to ``input_uri``); a path that
     does not exist is kept with the problem "not found". With a ``manifest``, its rows name the
-    patients; a manifest row whose file does not exist is kept the same way.
+    patients; a manifest row whose file does not exist is kept the same way. A local folder is
+    listed without following links that leave it (unless ``follow_links``); see :func:`_walk_local`.
     """
     loc = resolve(input_uri, storage_options)
     table = read_manifest(manifest, loc, storage_options) if manifest else None
@@ -177,7 +249,7 @@ def list_inputs(
         wanted = sorted({_absolute(loc, p) for p in paths})
         stats, ignored = _file_stats(loc, wanted), 0
     else:
-        stats, ignored = _walk(loc)
+        stats, ignored = _walk(loc, follow_links)
         extra = [] if table is None else [u for u in table.index if u not in stats]
         stats.update(_file_stats(loc, extra))
         wanted = sorted(set(stats) | set(extra))
@@ -187,10 +259,11 @@ def list_inputs(
     else:
         files[[ID_COLUMN, "visit", "limb", "problem"]] = [_from_manifest(uri, table) for uri in wanted] or None
     found = [stats.get(uri) for uri in wanted]
-    files["problem"] = files["problem"].where(
-        [f is not None for f in found], "file not found" + (" (listed in the manifest)" if table is not None else ""))
-    files["size_bytes"] = pd.array([f[0] if f else None for f in found], dtype="Int64")
-    files["mtime"] = pd.array([f[1] if f else None for f in found], dtype="Int64")
+    missing = "file not found" + (" (listed in the manifest)" if table is not None else "")
+    files["problem"] = [missing if f is None else f if isinstance(f, str) else p for f, p in zip(found, files["problem"])]
+    read = [f if isinstance(f, tuple) else None for f in found]
+    files["size_bytes"] = pd.array([f[0] if f else None for f in read], dtype="Int64")
+    files["mtime"] = pd.array([f[1] if f else None for f in read], dtype="Int64")
     files = files[list(LISTING_COLUMNS)]
     # UTC, to the microsecond the tables keep
     files["mtime"] = pd.to_datetime(files["mtime"].astype("Int64") // 1000, unit="us", utc=True)

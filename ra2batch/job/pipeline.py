@@ -34,7 +34,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +47,7 @@ import ray
 from ray.data.context import ShuffleStrategy
 
 from ra2batch.catalogue import COLUMNS, ID_COLUMN
+from ra2batch.cluster import ClusterError, connect
 from ra2batch.job.assemble import prediction_columns
 from ra2batch.job.config import JobConfig
 from ra2batch.job.decode import decode_dataset, listing_dataset
@@ -61,7 +61,8 @@ from ra2batch.output import OutputBusy, Snapshot
 from ra2batch.output.delta import CommitConflict
 from ra2batch.output.schema import BUCKET, PATIENTS, TABLES
 from ra2batch.output.runs import RunLease
-from ra2batch.output.writer import PREDICTIONS, commit_tables, install_predictions, repair, stage_predictions, writing
+from ra2batch.output.writer import (PREDICTIONS, check_output, commit_tables, install_predictions, repair,
+                                    stage_predictions, writing)
 from ra2batch.storage import resolve
 
 DEMO_BUNDLE = Path(__file__).resolve().parent.parent / "demo_bundle"
@@ -70,7 +71,13 @@ MAX_PARTITIONS = 1024
 
 
 class JobError(RuntimeError):
-    """A problem that stops the whole job (no model bundle, input missing); the message says what to do."""
+    """A problem that stops the whole job while it runs (the cluster, another writer, a lost pool);
+    the message says what to do. The command line exits 1."""
+
+
+class JobInputError(JobError):
+    """The job cannot start with what it was given (no model bundle, input missing, a bad manifest or
+    output location, settings that do not fit the output); nothing was done. The command line exits 2."""
 
 
 @dataclass
@@ -146,19 +153,9 @@ class JobSummary:
 def default_bundle() -> str:
     """The built-in demo bundle, or a :class:`JobError` saying how to get a model."""
     if not (DEMO_BUNDLE / "bundle.json").is_file():
-        raise JobError("no model bundle: the built-in demo bundle is not installed; pass --models DIR_OR_S3_URI "
+        raise JobInputError("no model bundle: the built-in demo bundle is not installed; pass --models DIR_OR_S3_URI "
                        "or train one with `ra2batch train`")
     return str(DEMO_BUNDLE)
-
-
-def connect() -> None:
-    """Join the cluster this driver runs in (``ray job submit`` or ``RAY_ADDRESS``), else start Ray locally."""
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"])
-    else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
 
 
 def _scoring_options(cfg: JobConfig) -> dict[str, Any]:
@@ -339,9 +336,10 @@ def write_run(run: RunLease, plan: RunPlan, stream: ray.data.Dataset | None, mod
 
 def run_job(kind: str, input: str, output: str, *, models: str | None = None, manifest: str | None = None,
             config: JobConfig | None = None, storage_options: dict[str, Any] | None = None,
-            paths: Sequence[str] | None = None, full: bool = False) -> JobSummary:
+            paths: Sequence[str] | None = None, full: bool = False, address: str | None = None) -> JobSummary:
     """One run into ``output``: ``kind`` ``score`` replaces it with the scores of every listed file;
-    ``nightly`` merges the files that are new, changed or stale (all with ``full``) into it.
+    ``nightly`` merges the files that are new, changed or stale (all with ``full``) into it. Runs on
+    the Ray cluster ``address`` names (``ra2batch.cluster.connect``: Ray's own rule when ``None``).
 
     Raises :class:`JobError` for problems that stop the job (no bundle, no input, bad manifest,
     another run writing to the output); problems with single files become error rows instead.
@@ -349,12 +347,17 @@ def run_job(kind: str, input: str, output: str, *, models: str | None = None, ma
     started = time.perf_counter()
     config = config or JobConfig()
     bundle, models, model_options = load_models(models, storage_options)
-    try:
-        listing = list_inputs(input, manifest=manifest, paths=paths, storage_options=storage_options)
-    except (FileNotFoundError, ValueError) as e:
-        raise JobError(str(e)) from e
     out = resolve(output, storage_options)
-    connect()
+    try:
+        check_output(out, resolve(input, storage_options))
+        listing = list_inputs(input, manifest=manifest, paths=paths, storage_options=storage_options,
+                              follow_links=config.follow_links)
+    except (FileNotFoundError, ValueError) as e:
+        raise JobInputError(str(e)) from e
+    try:
+        where = connect(address)
+    except ClusterError as e:
+        raise JobError(str(e)) from e
     info = {"input": input, "bundle": models, "model_version": bundle.model_version, "full": full or kind == "score",
             "config": config.model_dump_json(), "crop_geometry": _crop_geometry(bundle)}
     try:
@@ -365,7 +368,7 @@ def run_job(kind: str, input: str, output: str, *, models: str | None = None, ma
             else:
                 current = Snapshot(out, run.current)
                 if config.buckets not in (None, current.buckets):
-                    raise JobError(f"{output} has {current.buckets} buckets; a nightly run keeps them (score the "
+                    raise JobInputError(f"{output} has {current.buckets} buckets; a nightly run keeps them (score the "
                                    "archive again with `ra2batch score --buckets N` to change them)")
                 plan = merge_plan(listing.files, current, bundle.model_version, full)
             stream, actors, cfg = None, "", config
@@ -384,7 +387,7 @@ def run_job(kind: str, input: str, output: str, *, models: str | None = None, ma
         scored=totals["scored"], removed=totals["removed"], images_ok=totals["images_ok"],
         images_error=totals["images_error"], patients=totals["patients"], joints=totals["joints"],
         seconds=time.perf_counter() - started, model_version=bundle.model_version, full=bool(info["full"]),
-        cluster=_describe(ray.cluster_resources()), duplicates=totals.duplicates, n_duplicates=totals["duplicates"],
+        cluster=f"{_describe(ray.cluster_resources())}, {where}", duplicates=totals.duplicates, n_duplicates=totals["duplicates"],
         errors=totals.errors, ignored_files=listing.ignored, model_actors=actors,
         outputs={**{name: out.uri_of(name) for name in ("patients", "joints", "images", "catalogue", "runs")},
                  PREDICTIONS: out.uri_of(PREDICTIONS)},
@@ -399,16 +402,18 @@ def score_archive(
     config: JobConfig | None = None,
     storage_options: dict[str, Any] | None = None,
     paths: Sequence[str] | None = None,
+    address: str | None = None,
 ) -> JobSummary:
     """Score every radiograph under ``input`` (or only ``paths``) into the tables under ``output``.
 
-    Rerunning into the same ``output`` replaces its tables (as a new version). Joins the cluster this
-    runs in, else starts Ray locally. Raises :class:`JobError` for problems that stop the job (no
+    Rerunning into the same ``output`` replaces its tables (as a new version). Runs on the cluster
+    ``address`` names (by default Ray's own rule: ``RAY_ADDRESS``, the cluster running on this
+    machine, else a new local instance). Raises :class:`JobError` for problems that stop the job (no
     bundle, no input, bad manifest, another run writing to ``output``); problems with single files
     become error rows instead.
     """
     return run_job("score", input, output, models=models, manifest=manifest, config=config,
-                   storage_options=storage_options, paths=paths)
+                   storage_options=storage_options, paths=paths, address=address)
 
 
 def load_models(models: str | None, storage_options: dict[str, Any] | None):
@@ -420,10 +425,10 @@ def load_models(models: str | None, storage_options: dict[str, Any] | None):
     try:
         bundle = load_bundle(uri, storage_options=options, parts=())
     except BundleError as e:
-        raise JobError(str(e)) from e
+        raise JobInputError(str(e)) from e
     missing = [c for c in COLUMNS if c not in bundle.label_medians]
     if missing:
-        raise JobError(f"model bundle {uri} has no label median for {len(missing)} column(s) (first: {missing[0]}); "
+        raise JobInputError(f"model bundle {uri} has no label median for {len(missing)} column(s) (first: {missing[0]}); "
                        "predictions.csv needs them to fill joints that were not found")
     return bundle, uri, options
 

@@ -19,7 +19,8 @@ from ra2batch.catalogue import ID_COLUMN
 from ra2batch.job.tables import REDUCE
 from ra2batch.output import delta
 from ra2batch.output.reader import Snapshot
-from ra2batch.output.schema import BUCKET, RADIOGRAPHS_PER_BUCKET, TABLES, bucket_count, bucket_of
+from ra2batch.output.buckets import BUCKET, RADIOGRAPHS_PER_BUCKET, bucket_count, bucket_of
+from ra2batch.output.schema import TABLES
 
 _LIMB_KEY = [ID_COLUMN, "visit", "limb"]
 

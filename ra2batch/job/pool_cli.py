@@ -4,16 +4,16 @@
     ra2batch score --input ... --output ...          # every later job with that bundle uses them
     ra2batch pool stop                               # give their CPUs/GPUs back
 
-Needs a cluster that outlives the command (``ray start --head``, or ``RAY_ADDRESS``): a pool in a
-Ray started by the command itself would die with it.
+Needs a cluster that outlives the command (``ray start --head``, ``RAY_ADDRESS`` or ``--address``): a
+pool in a Ray started by the command itself would die with it.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
+
+from ra2batch.cliutil import RUNTIME, USAGE, add_address, add_storage_options, error
 
 
 def _at_least(low: float, kind: type):
@@ -33,8 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "stop: kill pools (all, or --model-version's)")
     p.add_argument("--models", metavar="URI", help="start: model bundle, folder or s3://; default: the built-in "
                    "demo bundle")
-    p.add_argument("--storage-options", type=json.loads, default=None, metavar="JSON",
-                   help='extra S3 settings for the bundle, e.g. \'{"endpoint_url": "http://127.0.0.1:9000"}\'')
+    add_storage_options(p)
+    add_address(p)
     p.add_argument("--model-version", metavar="HASH", help="stop: only the pool of this model version")
     g = p.add_argument_group("pool size (start; unset ones are sized like the scoring job's model actors)")
     g.add_argument("--actors", type=_at_least(1, int), metavar="N", help="model actors (fused detector + joint models)")
@@ -47,14 +47,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "in their own CPU tasks (default with GPUs: decoding stays off the GPUs' critical path)")
 
 
-def _connect() -> None:
-    """Join the running cluster (``RAY_ADDRESS``, else the local one ``ray start`` left)."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "auto", log_to_driver=False)
-
-
 def _config(args: argparse.Namespace):
     from ra2batch.job.config import JobConfig
 
@@ -64,26 +56,24 @@ def _config(args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> int:
+    try:
+        config = _config(args)
+    except ValueError as e:
+        return error("pool", e, USAGE)
+    from ra2batch.cluster import ClusterError, connect
     from ra2batch.job import model_pool
     from ra2batch.job.pipeline import JobError, load_models
 
     try:
-        config = _config(args)
         bundle, uri, options = load_models(args.models, args.storage_options) if args.action == "start" else (
             None, None, None)
-        _connect()
-    except ConnectionError as e:
-        print(f"ra2batch pool: error: no running Ray cluster to hold the pool ({str(e).splitlines()[0]}); start "
-              "one with `ray start --head` or set RAY_ADDRESS", file=sys.stderr)
-        return 1
-    except (JobError, ValueError) as e:
-        print(f"ra2batch pool: error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 1
+    except JobError as e:
+        return error("pool", e, USAGE)
     try:
+        connect(args.address, require_running=True, quiet=True)
         _act(args, config, bundle, uri, options)
-    except model_pool.PoolError as e:
-        print(f"ra2batch pool: error: {e}", file=sys.stderr)
-        return 1
+    except (ClusterError, model_pool.PoolError) as e:
+        return error("pool", e, RUNTIME)
     return 0
 
 

@@ -9,10 +9,15 @@ Under an output folder (local or ``s3://``)::
 
 Read an output with :func:`open_output` (every table at the version its newest manifest names, or
 an earlier one with ``as_of``); write one through ``output.writer``.
+
+The names below are imported on first use: ``output.buckets`` (pure Python) stays light for the
+command line, which must not wait for pyarrow or delta-rs to print its help.
 """
 
-from ra2batch.output.reader import OutputError, Snapshot, history, open_output
-from ra2batch.output.runs import OutputBusy
-from ra2batch.output.schema import TABLES
+from ra2batch.lazy import attributes
 
-__all__ = ["OutputBusy", "OutputError", "Snapshot", "TABLES", "history", "open_output"]
+_NAMES = {"OutputError": "reader", "Snapshot": "reader", "history": "reader", "open_output": "reader",
+          "OutputBusy": "runs", "TABLES": "schema"}
+__all__ = sorted(_NAMES)
+
+__getattr__ = attributes(__name__, _NAMES)

@@ -1,25 +1,19 @@
-"""The output tables' Arrow schemas, their keys, and the bucket that places each row.
+"""The output tables' Arrow schemas and their keys.
 
 The schemas are the "Scoring-job outputs" contract of docs/design.md, the 86 RA2 columns taken from
-the catalogue. Every table but ``runs`` is partitioned by ``bucket``, a stable hash of the row's
-``Patient_ID`` (of its ``path`` when the file names no patient) modulo the output's bucket count:
-all rows of a patient sit in the same bucket of every table, so a nightly merge rewrites only the
-files of the buckets that hold the patients it touched, and the reduce stage assembles a bucket at a
-time.
+the catalogue. Every table but ``runs`` is partitioned by ``bucket`` (``output.buckets``).
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from typing import Iterable
 
 import pyarrow as pa
 
 from ra2batch.catalogue import COLUMNS, ID_COLUMN, TOTAL_COLUMNS
+from ra2batch.output.buckets import BUCKET
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
-BUCKET = "bucket"
 
 #: Identity of a radiograph, carried through every stage of the pipeline.
 ID_FIELDS = [
@@ -104,27 +98,3 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     Table("patients", PATIENTS, (ID_COLUMN, "visit")),
     Table("catalogue", CATALOGUE, ("path",)),
 )}
-
-#: Radiographs per bucket a new output is sized for (``JobConfig.buckets`` pins the count instead).
-RADIOGRAPHS_PER_BUCKET = 2000
-MAX_BUCKETS = 4096
-
-
-def bucket_count(radiographs: int) -> int:
-    """Buckets for an output of ``radiographs`` files: a power of two, about
-    ``RADIOGRAPHS_PER_BUCKET`` radiographs each (1 for a small archive)."""
-    n = 1
-    while n * RADIOGRAPHS_PER_BUCKET < radiographs and n < MAX_BUCKETS:
-        n *= 2
-    return n
-
-
-def bucket_of(patient_ids: Iterable[str | None], paths: Iterable[str], buckets: int) -> list[int]:
-    """The bucket of each row: blake2b of its ``Patient_ID`` (of its ``path`` when it has none) modulo
-    ``buckets``; stable across processes, machines and Python versions (unlike ``hash``)."""
-    def one(pid: str | None, path: str) -> int:
-        key = pid if isinstance(pid, str) and pid else f"path:{path}"
-        digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "big") % buckets
-
-    return [one(pid, path) for pid, path in zip(patient_ids, paths)]

@@ -18,6 +18,7 @@ the staged file the manifest names.
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any, Iterable, Iterator, Mapping
 
 import pyarrow.fs as pafs
@@ -29,6 +30,24 @@ from ra2batch.storage import Location, is_remote
 
 PREDICTIONS = "predictions.csv"
 STAGED_PREDICTIONS = "_ra2batch/predictions"
+
+
+def check_output(out: Location, source: Location) -> None:
+    """Refuse an output location before any work starts (``ValueError`` saying why): one that is a
+    file, one inside the input it scores (its files would be listed as radiographs next time), or a
+    local folder this process cannot write."""
+    info = out.fs.get_file_info(out.path)
+    if info.type == pafs.FileType.File:
+        raise ValueError(f"--output {out.uri} is a file: give a folder or an s3:// prefix for the tables")
+    if is_remote(out.uri) == is_remote(source.uri) and (out.path + "/").startswith(source.path.rstrip("/") + "/"):
+        raise ValueError(f"--output {out.uri} is inside --input {source.uri}: the next run would list the outputs as "
+                         "radiographs; write them elsewhere")
+    if not is_remote(out.uri):
+        existing = out.path
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+            raise ValueError(f"--output {out.uri}: cannot write in {existing} (permission denied)")
 
 
 @contextlib.contextmanager

@@ -6,11 +6,22 @@ patients above a threshold, progression between visits, per-joint prevalence, co
 model versions) and free SQL.
 """
 
-from .cli import add_arguments, main
-from .named import above, compare, distribution, prevalence, progression, sql
-from .results import QueryError, Results, open_results
+from ra2batch.lazy import attributes
 
-__all__ = [
-    "QueryError", "Results", "above", "add_arguments", "compare", "distribution", "main", "open_results",
-    "prevalence", "progression", "sql",
-]
+#: name -> the submodule it comes from, imported on first use (``ra2batch.lazy``)
+_NAMES = {
+    "add_arguments": "cli",
+    "main": "cli",
+    "above": "named",
+    "compare": "named",
+    "distribution": "named",
+    "prevalence": "named",
+    "progression": "named",
+    "sql": "named",
+    "QueryError": "results",
+    "Results": "results",
+    "open_results": "results",
+}
+__all__ = sorted(_NAMES)
+
+__getattr__ = attributes(__name__, _NAMES)

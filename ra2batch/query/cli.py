@@ -3,58 +3,66 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from ra2batch.catalogue import ID_COLUMN
-from ra2batch.evaluate import read_table
-from ra2batch.scorer import ScoringError
+from ra2batch.cliutil import USAGE, add_renamed, add_storage_options, error
 
-from . import named
-from .output import render, write
-from .results import QueryError, Results, one_line, open_results
+if TYPE_CHECKING:
+    import pandas as pd
 
-
-def _read_manifest(uri: str, storage_options: dict[str, Any] | None) -> pd.DataFrame:
-    try:
-        return read_table(uri, "--manifest", storage_options)
-    except ScoringError as e:
-        raise QueryError(str(e)) from e
+    from .results import Results
 
 
 def _distribution(res: Results, a: argparse.Namespace) -> pd.DataFrame:
-    manifest = _read_manifest(a.manifest, a.storage_options) if a.manifest else None
+    from ra2batch.evaluate import read_table
+    from ra2batch.scorer import ScoringError
+
+    from . import named
+    from .results import QueryError
+
+    try:
+        manifest = read_table(a.manifest, "--manifest", a.storage_options) if a.manifest else None
+    except ScoringError as e:
+        raise QueryError(str(e)) from e
     return named.distribution(res, a.by, a.column, a.prefix_len, manifest)
 
 
 def _progression(res: Results, a: argparse.Namespace) -> pd.DataFrame:
+    from . import named
+
     dates = named.read_visit_dates(a.visit_dates, a.storage_options) if a.visit_dates else None
     return named.progression(res, a.sdc, a.column, dates)
+
+
+def _named(name: str, *fields: str):
+    """Run ``query.named.<name>(results, *args.<fields>)``, imported when it runs."""
+    def run(res: Results, a: argparse.Namespace) -> pd.DataFrame:
+        from . import named
+
+        return getattr(named, name)(res, *(getattr(a, f) for f in fields))
+
+    return run
 
 
 #: name -> (help, how to run it)
 QUERIES = {
     "distribution": ("score distribution per cohort (Patient_ID prefix or a column)", _distribution),
-    "above": ("patients whose score is above a threshold", lambda r, a: named.above(r, a.threshold, a.column)),
+    "above": ("patients whose score is above a threshold", _named("above", "threshold", "column")),
     "progression": ("change between visits, per year, flagged against the smallest detectable change",
                     _progression),
-    "prevalence": ("per-joint damage prevalence", lambda r, a: named.prevalence(r, a.min_score)),
-    "compare": ("two model versions on the same images, per RA2 column",
-                lambda r, a: named.compare(r, a.a, a.b)),
+    "prevalence": ("per-joint damage prevalence", _named("prevalence", "min_score")),
+    "compare": ("two model versions on the same images, per RA2 column", _named("compare", "a", "b")),
     "sql": ("free SQL over the patients, joints, images, file_catalogue, runs and catalogue views",
-            lambda r, a: named.sql(r, a.query)),
+            _named("sql", "query")),
 }
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--results", action="append", required=True, metavar="OUT",
-                   help="the scoring job's --output (local or s3://); give it twice to stack two runs, "
-                        "e.g. to compare model versions")
-    p.add_argument("--storage-options", type=json.loads, default=None, metavar="JSON",
-                   help="extra S3 settings, e.g. '{\"endpoint_url\": \"http://127.0.0.1:9000\"}'")
+    add_renamed(p, "--input", "--results", action="append", required=True, metavar="OUT",
+                help="a scoring job's --output (local or s3://); give it twice to stack two runs, e.g. to compare "
+                     "model versions")
+    add_storage_options(p)
     p.add_argument("--as-of", default=None, metavar="VERSION|TIME",
                    help="read each output as it was at this output version (e.g. 3) or time (e.g. 2026-12-01T02:00, "
                         "UTC unless it names a zone) instead of its latest; `ra2batch query ... sql \"SELECT version, "
@@ -62,8 +70,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-version", default=None, metavar="V",
                    help="keep only this model version's rows (needed when the results hold several)")
     out = argparse.ArgumentParser(add_help=False)
-    out.add_argument("--out", default=None, metavar="FILE",
-                     help="write all rows to FILE.csv or FILE.parquet (local or s3://) instead of the screen")
+    add_renamed(out, "--output", "--out", default=None, metavar="FILE",
+                help="write all rows to FILE.csv or FILE.parquet (local or s3://) instead of the screen")
     score = argparse.ArgumentParser(add_help=False)
     score.add_argument("--column", default="Overall_Tol",
                        help="patients column to use: a total or an RA2 column (default Overall_Tol)")
@@ -92,21 +100,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     parsers["compare"].add_argument("--b", default=None, metavar="VERSION", help="the model version compared to it")
     parsers["sql"].add_argument("query", metavar="SQL",
                                 help="e.g. \"SELECT visit, count(*) FROM patients GROUP BY 1\"")
+    parsers["sql"].add_argument("--allow-external-access", action="store_true",
+                                help="let the SQL read and write files and URLs besides the output's tables "
+                                     "(DuckDB's read_csv, COPY ... TO, extensions); off by default")
 
 
 def main(args: argparse.Namespace) -> int:
+    from .output import render, write
+    from .results import QueryError, open_results
+
     try:
-        res = open_results(args.results, args.storage_options, args.model_version, args.as_of)
+        res = open_results(args.input, args.storage_options, args.model_version, args.as_of,
+                           allow_external_access=getattr(args, "allow_external_access", False))
         df = QUERIES[args.query_name][1](res, args)
-        if args.out:
-            write(df, args.out, args.storage_options)
-            print(f"{len(df)} rows written to {args.out}")
+        if args.output:
+            write(df, args.output, args.storage_options)
+            print(f"{len(df)} rows written to {args.output}")
         else:
             print(render(df))
-    except QueryError as e:
-        print(f"ra2batch query: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"ra2batch query: {one_line(e)}", file=sys.stderr)
-        return 2
+    except (QueryError, OSError) as e:
+        return error("query", e, USAGE)
     return 0

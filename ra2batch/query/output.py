@@ -11,11 +11,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ra2batch.csvtext import neutralise
 from ra2batch.storage import resolve
 
 from .results import QueryError
 
-#: Rows shown on a terminal before the table is cut (``--out`` writes them all).
+#: Rows shown on a terminal before the table is cut (``--output`` writes them all).
 SCREEN_ROWS = 50
 
 
@@ -47,7 +48,7 @@ def render(df: pd.DataFrame, max_rows: int = SCREEN_ROWS) -> str:
         shown[c] = shown[c].map(lambda v: "-" if v is None else _short(v))
     text = shown.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-") if len(df.columns) else ""
     more = len(df) - len(shown)
-    note = (f"({len(df)} rows; the first {len(shown)} shown, write them all with --out FILE.csv)" if more
+    note = (f"({len(df)} rows; the first {len(shown)} shown, write them all with --output FILE.csv)" if more
             else f"({len(df)} row{'s' if len(df) != 1 else ''})")
     return f"{text}\n{note}" if len(df) else note
 
@@ -59,13 +60,15 @@ def write(df: pd.DataFrame, out: str, storage_options: dict[str, Any] | None = N
         table = df.copy()
         for c in _list_columns(table):
             table[c] = table[c].map(_as_json)
+        for c in table.columns[table.dtypes == object]:  # text a spreadsheet would run as a formula
+            table[c] = neutralise(table[c])
         data = table.to_csv(index=False).encode()
     elif lower.endswith(".parquet"):
         sink = io.BytesIO()
         pq.write_table(pa.Table.from_pandas(df, preserve_index=False), sink)
         data = sink.getvalue()
     else:
-        raise QueryError(f"--out {out}: name a .csv or .parquet file")
+        raise QueryError(f"--output {out}: name a .csv or .parquet file")
     loc = resolve(out, storage_options)
     try:
         loc.write_bytes(data)

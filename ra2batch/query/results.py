@@ -103,12 +103,17 @@ def open_results(
     storage_options: dict[str, Any] | None = None,
     model_version: str | None = None,
     as_of: str | None = None,
+    allow_external_access: bool = False,
 ) -> Results:
     """Open the scoring outputs under ``uris`` (local paths or ``s3://`` prefixes) as DuckDB views.
 
     Each output is read at its published version, or at the one ``as_of`` names (an output version
     or a time, ``ra2batch.output.open_output``). ``model_version`` keeps only that version's rows in
     the patients, joints and images views. Raises :class:`QueryError` naming what is missing.
+
+    Once the views exist, DuckDB's external access is switched off and the setting locked (unless
+    ``allow_external_access``): SQL then reads the views only, and can neither read nor write other
+    files (``read_csv('/etc/passwd')``, ``COPY ... TO``) nor install extensions from the network.
     """
     from ra2batch.output import OutputError, open_output
 
@@ -121,7 +126,7 @@ def open_results(
             snapshots.append(open_output(uri, storage_options, as_of))
         except (OutputError, OSError) as e:
             raise QueryError(one_line(e)) from e
-    con = duckdb.connect()
+    con = duckdb.connect(config={"autoinstall_known_extensions": "false", "autoload_known_extensions": "false"})
     for view, name in [*((n, n) for n in TABLE_NAMES), *EXTRA_VIEWS.items()]:
         parts = []
         for i, snapshot in enumerate(snapshots):
@@ -140,4 +145,7 @@ def open_results(
         where = f" WHERE model_version = {_quote(model_version)}" if model_version and view in TABLE_NAMES else ""
         con.execute(f"CREATE VIEW {view} AS SELECT * FROM ({union}){where}")
     con.register("catalogue", _catalogue_frame())
+    if not allow_external_access:
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
     return Results(con, uris, model_version)

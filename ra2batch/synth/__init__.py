@@ -5,8 +5,16 @@
 radiograph in memory.
 """
 
-from .cohort import CohortSummary, generate_cohort
-from .labels import sample_labels
-from .render import RenderedLimb, render_limb
+from ra2batch.lazy import attributes
 
-__all__ = ["CohortSummary", "generate_cohort", "sample_labels", "render_limb", "RenderedLimb"]
+#: name -> the submodule it comes from, imported on first use (``ra2batch.lazy``)
+_NAMES = {
+    "CohortSummary": "cohort",
+    "generate_cohort": "cohort",
+    "sample_labels": "labels",
+    "RenderedLimb": "render",
+    "render_limb": "render",
+}
+__all__ = sorted(_NAMES)
+
+__getattr__ = attributes(__name__, _NAMES)

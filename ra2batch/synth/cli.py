@@ -5,16 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .cohort import generate_cohort
-from .encode import FORMATS
+from ra2batch.cliutil import USAGE, add_renamed, error
+
+#: ``--formats`` names (``synth.encode.FORMATS`` holds their encoders; a test keeps the two equal).
+FORMAT_NAMES = ("jpg", "png16", "dcm")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, help="output directory (created if missing)")
+    add_renamed(parser, "--output", "--out", required=True, metavar="DIR", help="output directory (created if missing)")
     parser.add_argument("--patients", type=int, required=True, help="number of patients (4 radiographs each)")
     parser.add_argument("--seed", type=int, required=True, help="random seed; same arguments give identical files")
     parser.add_argument("--formats", default="jpg",
-                        help=f"comma-separated image formats to draw from: {','.join(FORMATS)} (default jpg)")
+                        help=f"comma-separated image formats to draw from: {','.join(FORMAT_NAMES)} (default jpg)")
     parser.add_argument("--label-noise", type=float, default=0.0,
                         help="fraction of damaged joints whose training.csv label is one point off (default 0)")
     parser.add_argument("--workers", type=int, default=1, help="processes to render with (default 1)")
@@ -25,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from .cohort import generate_cohort
+
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     every = max(1, args.patients // 20)
 
@@ -33,12 +37,11 @@ def main(args: argparse.Namespace) -> int:
             print(f"  {done}/{total} patients, {4 * done / seconds:.1f} radiographs/s", file=sys.stderr, flush=True)
 
     try:
-        summary = generate_cohort(args.out, args.patients, args.seed, formats=formats, label_noise=args.label_noise,
+        summary = generate_cohort(args.output, args.patients, args.seed, formats=formats, label_noise=args.label_noise,
                                   workers=args.workers, scale=args.scale, id_prefix=args.id_prefix,
                                   start_index=args.start_index, progress=progress)
     except ValueError as e:
-        print(f"ra2batch synth: {e}", file=sys.stderr)
-        return 2
+        return error("synth", e, USAGE)
     counts = ", ".join(f"{n} {f}" for f, n in summary.formats.items())
     print(f"wrote {summary.images} radiographs ({counts}) for {summary.patients} patients to {summary.out}/images "
           f"in {summary.seconds:.1f} s ({summary.images_per_second:.1f}/s)")

@@ -4,14 +4,28 @@
 ``evaluation.evaluate_bundle`` scores a bundle end to end on labelled radiographs.
 """
 
-from .dataset import DatasetError, DatasetIndex, ImageRecord, index_dataset, split_patients
-from .evaluation import evaluate_bundle
-from .metrics import average_precision
-from .pipeline import RunSettings, TrainingError, train
-from .presets import DEMO, PAPER, PRESETS, DetectorTraining, JointTraining, TrainPreset, get_preset
+from ra2batch.lazy import attributes
 
-__all__ = [
-    "DEMO", "PAPER", "PRESETS", "DatasetError", "DatasetIndex", "DetectorTraining", "ImageRecord", "JointTraining",
-    "RunSettings", "TrainPreset", "TrainingError", "average_precision", "evaluate_bundle", "get_preset",
-    "index_dataset", "split_patients", "train",
-]
+#: name -> the submodule it comes from, imported on first use (``ra2batch.lazy``)
+_NAMES = {
+    "DatasetError": "dataset",
+    "DatasetIndex": "dataset",
+    "ImageRecord": "dataset",
+    "index_dataset": "dataset",
+    "split_patients": "dataset",
+    "evaluate_bundle": "evaluation",
+    "average_precision": "metrics",
+    "RunSettings": "pipeline",
+    "TrainingError": "pipeline",
+    "train": "pipeline",
+    "DEMO": "presets",
+    "PAPER": "presets",
+    "PRESETS": "presets",
+    "DetectorTraining": "presets",
+    "JointTraining": "presets",
+    "TrainPreset": "presets",
+    "get_preset": "presets",
+}
+__all__ = sorted(_NAMES)
+
+__getattr__ = attributes(__name__, _NAMES)

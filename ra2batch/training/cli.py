@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
+from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
+from ..cliutil import RUNTIME, USAGE, add_address, add_renamed, add_storage_options, error
 
-from ..scorer import ScoringError
-from ..validation import one_line
-from .dataset import DatasetError
-from .pipeline import RunSettings, TrainingError, train
-from .presets import PRESETS, TrainPreset, get_preset
+if TYPE_CHECKING:
+    from .presets import TrainPreset
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, metavar="URI",
-                   help="RA2-layout dataset: images/, training.csv, annotations/*.xml (local or s3://)")
-    p.add_argument("--out", required=True, metavar="URI", help="where to write the model bundle (local or s3://)")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="demo",
+    add_renamed(p, "--input", "--data", required=True, metavar="URI",
+                help="RA2-layout dataset: images/, training.csv, annotations/*.xml (local or s3://)")
+    add_renamed(p, "--output", "--out", required=True, metavar="URI",
+                help="where to write the model bundle (local or s3://)")
+    p.add_argument("--preset", default="demo", metavar="NAME",
                    help="paper: DeepRA's models for GPU clusters; demo: tiny models for a laptop (default)")
     p.add_argument("--name", default=None,
                    help="run name; starting a run with the same name and storage path resumes it "
@@ -42,10 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed of the patient split and initialisation")
     p.add_argument("--stop-after-epochs", type=int, default=None,
                    help="pause: end each model's session after this many epochs (rerun to continue)")
-    p.add_argument("--address", default=None,
-                   help="Ray cluster address (default: RAY_ADDRESS, else a local Ray instance)")
-    p.add_argument("--storage-options", type=json.loads, default=None, metavar="JSON",
-                   help="extra S3 settings, e.g. '{\"endpoint_url\": \"http://127.0.0.1:9000\"}'")
+    add_address(p)
+    add_storage_options(p)
 
 
 def _budgets(preset: TrainPreset, total: float) -> tuple[float, dict[str, float]]:
@@ -61,6 +57,8 @@ def _budgets(preset: TrainPreset, total: float) -> tuple[float, dict[str, float]
 
 def configure(args: argparse.Namespace) -> TrainPreset:
     """The chosen preset with the command line's overrides applied."""
+    from .presets import TrainPreset, get_preset
+
     preset = get_preset(args.preset)
     det, joint = dict(), dict()
     if args.epochs is not None:
@@ -93,28 +91,38 @@ def format_summary(metrics: dict) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    import ray
-    import ray.data
+    from pydantic import ValidationError
+
+    from ..validation import one_line
 
     try:
         preset = configure(args)
     except ValidationError as e:
-        print(f"ra2batch train: error: invalid training settings: {one_line(e)}", file=sys.stderr)
-        return 2
+        return error("train", f"invalid training settings: {one_line(e)}", USAGE)
     except ValueError as e:
-        print(f"ra2batch train: error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
-    ray.init(address=args.address, ignore_reinit_error=True)
+        return error("train", e, USAGE)
+    import ray.data
+
+    from ..cluster import ClusterError, connect
+    from ..scorer import ScoringError
+    from .dataset import DatasetError
+    from .pipeline import RunSettings, TrainingError, train
+
+    try:
+        connect(args.address)
+    except ClusterError as e:
+        return error("train", e, RUNTIME)
     ray.data.DataContext.get_current().enable_progress_bars = False
     run = RunSettings(name=args.name or f"train-{preset.name}", storage_path=args.storage_path,
                       num_workers=args.num_workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,
                       storage_options=args.storage_options, stop_after_epochs=args.stop_after_epochs,
                       log=lambda m: print(m, flush=True))
     try:
-        metrics = train(args.data, args.out, preset, run, storage_options=args.storage_options,
+        metrics = train(args.input, args.output, preset, run, storage_options=args.storage_options,
                         command=shlex.join(sys.argv))
-    except (DatasetError, ScoringError, TrainingError) as e:
-        print(f"ra2batch train: error: {e}", file=sys.stderr)
-        return 2
+    except (DatasetError, ScoringError) as e:
+        return error("train", e, USAGE)
+    except TrainingError as e:
+        return error("train", e, RUNTIME)
     print(format_summary(metrics))
     return 0
