@@ -99,7 +99,7 @@ def write_zoo(root: Path) -> dict[str, str | None]:
         "P9-LF.jpg": (b"Patient notes, not an image\n" * 20, "not a readable"),
         "P9-RF.dcm": (dicom(None), "no pixel data"),
         "P8-LH.png": (bomb_png(), "decompression bomb"),
-        "P8-RH.png": (png16(rng, shape=(2, 3000)), "detector failed on this 3000 x 2"),
+        "P8-RH.png": (png16(rng, shape=(2, 3000)), "3000 x 2 pixels is too small for a radiograph"),
         "scan.jpg": (jpeg(rng), "gives no patient and limb"),
         "misc/P1-XX.png": (png16(rng), "gives no patient and limb"),
         "training.csv": (b"Patient_ID\nP1\n", None),
@@ -169,15 +169,17 @@ def no_feet_bundle(tiny_bundle_factory) -> str:
 
 def test_decoded_pixels_reach_the_detector_as_decoded(tmp_path):
     """Decode packs pixels for the object store (1 byte for 8-bit sources, else 2); the detector
-    must get back what the reader decoded: exactly for JPEG and 16-bit PNG, within 1/131070 for DICOM."""
+    must get back exactly what the reader decoded; a radiograph larger than ``SCORING_MAX_SIDE`` is
+    decoded at reduced resolution, and its size in the images table stays the file's."""
     import pyarrow.fs as pafs
 
-    from ra2batch.imaging.readers import decode
+    from ra2batch.imaging.readers import SCORING_MAX_SIDE, decode
     from ra2batch.job.decode import decode_files
     from ra2batch.job.tables import unpack_pixels
 
     rng = np.random.default_rng(3)
-    files = {"P1-LH.jpg": jpeg(rng), "P1-RH.png": png16(rng), "P1-LF.dcm": dicom(rng)}
+    files = {"P1-LH.jpg": jpeg(rng), "P1-RH.png": png16(rng), "P1-LF.dcm": dicom(rng),
+             "P1-RF.jpg": jpeg(rng, shape=(SCORING_MAX_SIDE + 904, 2500))}
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
     listing = pd.DataFrame([{"path": str(tmp_path / n), "Patient_ID": "P1", "visit": None, "limb": n[3:5],
@@ -185,14 +187,14 @@ def test_decoded_pixels_reach_the_detector_as_decoded(tmp_path):
                             for n, d in files.items()])
     rows = decode_files(listing, fs=pafs.LocalFileSystem()).to_pylist()
     for name, row in zip(files, rows):
-        expected = decode(files[name], name).pixels
-        got = unpack_pixels(row["pixels"], row["height"], row["width"])
+        expected = decode(files[name], name, max_side=SCORING_MAX_SIDE).pixels
+        got = unpack_pixels(row["pixels"], row["decoded_height"], row["decoded_width"])
         assert row["status"] == "ok" and got.dtype == np.float32 and got.shape == expected.shape
         assert len(row["pixels"]) == expected.size * (1 if name.endswith(".jpg") else 2)
-        if name.endswith(".dcm"):
-            assert np.abs(got - expected).max() <= 1 / 131070 + 1e-9
-        else:
-            assert np.array_equal(got, expected)
+        assert np.array_equal(got, expected)
+    big = rows[-1]
+    assert (big["width"], big["height"]) == (2500, SCORING_MAX_SIDE + 904)
+    assert (big["decoded_width"], big["decoded_height"]) == (round(2500 * SCORING_MAX_SIDE / 5000), SCORING_MAX_SIDE)
     with pytest.raises(ValueError, match="not a packed 3 x 2 radiograph"):
         unpack_pixels(b"12345", 2, 3)
 

@@ -16,6 +16,8 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
 from ra2batch.imaging.readers import ImageDecodeError, decode
 
+#: DICOM levels are windowed to [0, 1] and kept as 16-bit levels: within half a level of the exact value.
+HALF_LEVEL = 0.5 / 65535 + 1e-9
 RAMP = np.tile(np.linspace(0, 1, 40, dtype=np.float32), (30, 1))  # 30 x 40, dark left, bright right
 
 
@@ -71,17 +73,17 @@ def test_png16_keeps_all_16_bits():
 
 def test_colour_png_becomes_luminance():
     rgb = np.zeros((30, 40, 3), np.uint8)
-    rgb[..., 1] = 200  # pure green
+    rgb[..., 1] = np.round(RAMP * 200)  # a green ramp
     rad = decode(_pil_bytes(rgb, "PNG"), "colour.png")
-    assert rad.pixels.shape == (30, 40) and rad.bits == 8
-    assert abs(float(rad.pixels.mean()) - 0.587 * 200 / 255) < 0.01
+    assert rad.pixels.shape == (30, 40) and rad.bits == 8 and rad.levels.dtype == np.uint8
+    np.testing.assert_allclose(rad.pixels, 0.587 * np.round(RAMP * 200) / 255, atol=0.01)
 
 
 def test_dicom_monochrome2_normalised_by_bits_stored_without_identifying_meta():
     stored = np.round(RAMP * 4095).astype(np.uint16)
     rad = decode(_save(_dicom(stored, bits=12)), "scan.dcm")
     assert (rad.width, rad.height, rad.bits, rad.format) == (40, 30, 12, "dicom")
-    np.testing.assert_allclose(rad.pixels, stored / 4095.0, atol=1e-6)
+    np.testing.assert_allclose(rad.pixels, stored / 4095.0, atol=HALF_LEVEL)
     assert rad.meta["photometric"] == "MONOCHROME2" and rad.meta["modality"] == "DX"
     text = repr(rad.meta)
     for secret in ("Secret", "MRN-12345", "19500101", "ACC999"):
@@ -91,9 +93,9 @@ def test_dicom_monochrome2_normalised_by_bits_stored_without_identifying_meta():
 def test_dicom_monochrome1_is_inverted_and_rescale_applied():
     stored = np.round(RAMP * 4095).astype(np.uint16)
     mono1 = decode(_save(_dicom(4095 - stored, bits=12, photometric="MONOCHROME1")), "m1.dcm")
-    np.testing.assert_allclose(mono1.pixels, stored / 4095.0, atol=1e-6)  # bone bright again
+    np.testing.assert_allclose(mono1.pixels, stored / 4095.0, atol=HALF_LEVEL)  # bone bright again
     rescaled = decode(_save(_dicom(stored, bits=12, slope="2", intercept="-1000")), "r.dcm")
-    np.testing.assert_allclose(rescaled.pixels, stored / 4095.0, atol=1e-6)  # linear rescale keeps [0, 1]
+    np.testing.assert_allclose(rescaled.pixels, stored / 4095.0, atol=HALF_LEVEL)  # linear rescale keeps [0, 1]
 
 
 def test_dicom_recognised_by_preamble_without_suffix():
@@ -106,7 +108,7 @@ def test_multiframe_dicom_gives_first_frame():
     frames = np.stack([np.round(RAMP * 4095), np.zeros_like(RAMP), np.full_like(RAMP, 4095)]).astype(np.uint16)
     rad = decode(_save(_dicom(frames, frames=3)), "cine.dcm")
     assert rad.pixels.shape == (30, 40) and rad.meta["frames"] == 3
-    np.testing.assert_allclose(rad.pixels, frames[0] / 4095.0, atol=1e-6)
+    np.testing.assert_allclose(rad.pixels, frames[0] / 4095.0, atol=HALF_LEVEL)
 
 
 @pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless], ids=["rle", "jpeg2000"])
@@ -119,7 +121,7 @@ def test_compressed_dicom_decodes_losslessly(syntax):
         pytest.skip(f"no encoder for {syntax.name}: {e}")
     rad = decode(_save(ds), "c.dcm")
     assert rad.meta["transfer_syntax"] == str(syntax) and rad.bits == 12 and rad.pixels.shape == (64, 96)
-    np.testing.assert_allclose(rad.pixels, stored / 4095.0, atol=1e-6)
+    np.testing.assert_allclose(rad.pixels, stored / 4095.0, atol=HALF_LEVEL)
 
 
 def test_unsupported_transfer_syntax_names_it_and_the_plugins():
@@ -177,3 +179,41 @@ def test_decompression_bombs_refused_from_the_header():
         decode(_save(ds), "bomb.dcm")
     with pytest.raises(ImageDecodeError, match="limit of 0.001 megapixels"):
         decode(_pil_bytes((RAMP * 255).astype(np.uint8), "PNG"), "small.png", max_pixels=1000)
+
+
+def test_images_that_are_not_radiographs_are_refused():
+    """Blank or uniform images, absurd sizes and shapes, a JPEG whose header claims more than its data."""
+    for data, name in ((_pil_bytes(np.zeros((300, 200), np.uint8), "PNG"), "black.png"),
+                       (_pil_bytes(np.full((300, 200), 255, np.uint8), "JPEG"), "white.jpg"),
+                       (_pil_bytes(np.full((300, 200), 30000, np.uint16), "PNG"), "grey16.png"),
+                       (_save(_dicom(np.full((60, 80), 1000, np.uint16))), "flat.dcm")):
+        with pytest.raises(ImageDecodeError, match=r"blank or uniform image .*: not a radiograph"):
+            decode(data, name)
+    noise = np.random.default_rng(0).integers(0, 255, (2, 3000), dtype=np.uint8)
+    with pytest.raises(ImageDecodeError, match=r"3000 x 2 pixels is too small for a radiograph"):
+        decode(_pil_bytes(noise, "PNG"), "thin.png")
+    with pytest.raises(ImageDecodeError, match=r"3000 x 200 pixels is not a radiograph's shape \(sides 15:1"):
+        decode(_pil_bytes(np.resize(noise, (200, 3000)), "PNG"), "strip.png")
+    # a JPEG of 509 x 423 whose header claims 9500 x 9500: the decoder fills the rest with one flat value
+    jpeg = bytearray(_pil_bytes(np.random.default_rng(1).integers(0, 255, (423, 509), dtype=np.uint8), "JPEG"))
+    sof = jpeg.find(b"\xff\xc0")
+    jpeg[sof + 5:sof + 9] = struct.pack(">HH", 9500, 9500)
+    with pytest.raises(ImageDecodeError, match=r"the JPEG's data ends at about row \d+ of the 9500 x 9500 its header"):
+        decode(bytes(jpeg), "forged.jpg", max_side=4096)
+
+
+def test_large_images_decode_at_reduced_resolution():
+    """``max_side`` bounds the decoded image: a JPEG straight from its DCT, others by area averaging; the
+    original size and the scale are kept, and the content is the image's, smaller."""
+    big = np.round(np.tile(np.linspace(0, 1, 800), (600, 1)) * 255).astype(np.uint8)  # 800 x 600 ramp
+    cases = {"big.jpg": _pil_bytes(big, "JPEG", quality=95), "big.png": _pil_bytes(big.astype(np.uint16) * 257, "PNG"),
+             "big.dcm": _save(_dicom(big.astype(np.uint16) * 16, bits=12))}
+    for name, data in cases.items():
+        rad = decode(data, name, max_side=200)
+        assert (rad.width, rad.height) == (200, 150) and rad.original_size == (800, 600), name
+        assert rad.scale == 0.25
+        reference = big[2::4, 2::4] / 255.0  # the centres of the 4 x 4 blocks averaged
+        assert np.abs(rad.pixels[:, 1:-1] - reference[:, 1:-1]).max() < 0.03, name
+        assert rad.levels.dtype == (np.uint8 if name.endswith(".jpg") else np.uint16)
+        full = decode(data, name)
+        assert (full.width, full.height, full.scale) == (800, 600, 1.0)

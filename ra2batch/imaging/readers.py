@@ -1,10 +1,17 @@
-"""Radiograph bytes -> float32 pixels (bone bright, [0, 1]) and non-identifying metadata.
+"""Radiograph bytes -> pixel levels (bone bright) and non-identifying metadata.
 
 One entry point, ``decode(data, name)``, for JPEG, 8/16-bit PNG and DICOM. Every failure is an
 ``ImageDecodeError`` with a one-line reason: empty or truncated files, files that are not images,
-DICOM without pixel data or in a transfer syntax no installed decoder handles, and decompression
-bombs, refused from the header before any pixel is decoded. DICOM identifying attributes
-(PatientName, PatientID, birth date, accession number...) never leave this module.
+DICOM without pixel data or in a transfer syntax no installed decoder handles, and images that are
+not radiographs: decompression bombs and absurd sizes or shapes, refused from the header before any
+pixel is decoded; blank or uniform images; a JPEG whose data ends before the size its header claims
+(the decoder fills the rest). DICOM identifying attributes (PatientName, PatientID, birth date,
+accession number...) never leave this module.
+
+Pixels stay integer levels (``uint8`` for 8-bit sources, ``uint16`` otherwise): a quarter (a half)
+of float32's memory, never a float64 copy of the image. With ``max_side``, an image larger than
+that is decoded at reduced resolution (a JPEG straight from its DCT, others by area averaging), so a
+100-megapixel file costs about what a 17-megapixel one does; ``Radiograph.scale`` says by how much.
 """
 
 from __future__ import annotations
@@ -19,6 +26,17 @@ import numpy as np
 
 #: Largest image accepted (width x height x frames), checked from the header before decoding.
 MAX_PIXELS = 100_000_000
+#: The shorter side of a radiograph, in pixels, at least; the longer one at most this many times it.
+MIN_SIDE = 16
+MAX_ASPECT = 8.0
+#: An image whose 1st and 99th percentile levels lie closer than this (of the full range) is blank.
+MIN_CONTRAST = 0.02
+#: A JPEG whose last rows, this share of its height or more, are one flat fill ended early.
+MAX_FILL_ROWS = 0.25
+#: Longest side the scoring job and the report decode a radiograph at, in pixels: larger files (RA2's
+#: are 1000-2500 px) are decoded at reduced resolution, which the models do not miss (the detector
+#: sees at most 1400 px, a joint crop a few hundred) and which bounds an actor's memory.
+SCORING_MAX_SIDE = 4096
 
 PIL_SUFFIXES = (".jpg", ".jpeg", ".png")
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -31,24 +49,46 @@ class ImageDecodeError(ValueError):
 
 @dataclass
 class Radiograph:
-    """Decoded radiograph: ``pixels`` float32 H x W in [0, 1], bone bright (MONOCHROME2 sense).
+    """Decoded radiograph: ``levels`` H x W, ``uint8`` (8-bit sources, level / 255) or ``uint16``
+    (level / 65535), bone bright (MONOCHROME2 sense); ``pixels`` the same as float32 in [0, 1].
 
     ``bits`` is the stored depth (8 or 16 for PIL images, BitsStored for DICOM); ``meta`` holds
     only non-identifying values (format, photometric, modality, transfer syntax, frames...).
+    ``original_size`` is the file's ``(width, height)``; ``scale`` the decoded pixels per file pixel
+    (1.0 unless decoded at reduced resolution).
     """
 
-    pixels: np.ndarray
+    levels: np.ndarray
     bits: int
     format: str
     meta: dict[str, Any] = field(default_factory=dict)
+    original_size: tuple[int, int] = (0, 0)
+
+    @property
+    def pixels(self) -> np.ndarray:
+        return to_pixels(self.levels)
 
     @property
     def height(self) -> int:
-        return int(self.pixels.shape[0])
+        return int(self.levels.shape[0])
 
     @property
     def width(self) -> int:
-        return int(self.pixels.shape[1])
+        return int(self.levels.shape[1])
+
+    @property
+    def scale(self) -> float:
+        return self.width / self.original_size[0] if self.original_size[0] else 1.0
+
+
+# Level -> [0, 1] float32, one table per depth: ``level / 255`` and ``level / 65535``.
+_LEVELS = {np.dtype(np.uint8): (np.arange(2**8) / (2**8 - 1)).astype(np.float32),
+           np.dtype(np.uint16): (np.arange(2**16) / (2**16 - 1)).astype(np.float32)}
+
+
+def to_pixels(levels: np.ndarray) -> np.ndarray:
+    """``uint8`` or ``uint16`` levels as float32 in [0, 1]: what the models see."""
+    return _LEVELS[levels.dtype][levels]
 
 
 def is_dicom(data: bytes, name: str = "") -> bool:
@@ -56,24 +96,56 @@ def is_dicom(data: bytes, name: str = "") -> bool:
     return PurePosixPath(name).suffix.lower() in DICOM_SUFFIXES or data[128:132] == b"DICM"
 
 
-def decode(data: bytes, name: str, *, max_pixels: int = MAX_PIXELS) -> Radiograph:
-    """Decode ``data`` (the bytes of file ``name``) into a :class:`Radiograph`.
+def decode(data: bytes, name: str, *, max_pixels: int = MAX_PIXELS, max_side: int | None = None) -> Radiograph:
+    """Decode ``data`` (the bytes of file ``name``) into a :class:`Radiograph`, at most ``max_side``
+    pixels on its longer side when given (see the module's notes).
 
     The format is chosen by the ``DICM`` marker or the suffix of ``name`` (case-insensitive;
-    ``.jpg .jpeg .png .dcm .dicom``). Raises ``ImageDecodeError`` for anything unreadable.
+    ``.jpg .jpeg .png .dcm .dicom``). Raises ``ImageDecodeError`` for anything unreadable or that
+    is not a radiograph.
     """
     if not data:
         raise ImageDecodeError(f"{name}: empty file (0 bytes)")
     if is_dicom(data, name):
-        return _decode_dicom(data, name, max_pixels)
-    suffix = PurePosixPath(name).suffix.lower()
-    if suffix not in PIL_SUFFIXES:
-        raise ImageDecodeError(f"{name}: unsupported file type {suffix or '(no suffix)'}; "
-                               f"expected one of {' '.join(SUPPORTED_SUFFIXES)} or a DICOM file with a DICM preamble")
-    return _decode_pil(data, name, max_pixels)
+        image = _decode_dicom(data, name, max_pixels, max_side)
+    else:
+        suffix = PurePosixPath(name).suffix.lower()
+        if suffix not in PIL_SUFFIXES:
+            raise ImageDecodeError(f"{name}: unsupported file type {suffix or '(no suffix)'}; expected one of "
+                                   f"{' '.join(SUPPORTED_SUFFIXES)} or a DICOM file with a DICM preamble")
+        image = _decode_pil(data, name, max_pixels, max_side)
+    _check_content(name, image)
+    return image
 
 
-def _decode_pil(data: bytes, name: str, max_pixels: int) -> Radiograph:
+def _reduced(width: int, height: int, max_side: int | None) -> tuple[int, int] | None:
+    """The size to decode a ``width x height`` image at: ``None`` when it fits ``max_side``."""
+    if not max_side or max(width, height) <= max_side:
+        return None
+    f = max_side / max(width, height)
+    return max(1, round(width * f)), max(1, round(height * f))
+
+
+def _check_content(name: str, image: Radiograph) -> None:
+    """Refuse a blank or uniform image, and a JPEG whose data ends before its header's size."""
+    levels = image.levels
+    flat = np.ptp(levels, axis=1) == 0 if image.format == "jpeg" else None
+    if flat is not None and (~flat).any():  # all flat: a uniform image, said below
+        fill = len(flat) - int(np.flatnonzero(~flat)[-1]) - 1
+        if fill >= MAX_FILL_ROWS * len(flat):
+            w, h = image.original_size
+            raise ImageDecodeError(f"{name}: the JPEG's data ends at about row {round((len(flat) - fill) / image.scale)} "
+                                   f"of the {w} x {h} its header claims (the rest is the decoder's fill): truncated, "
+                                   "or its header altered")
+    step = max(1, int(np.sqrt(levels.size / 1_000_000)))  # percentiles of about a million pixels
+    low, high = np.percentile(levels[::step, ::step], [1, 99])
+    top = float(np.iinfo(levels.dtype).max)
+    if high - low < MIN_CONTRAST * top:
+        raise ImageDecodeError(f"{name}: blank or uniform image (98 % of its pixels within {(high - low) / top:.1%} "
+                               f"of the full range, about {high / top:.2f}): not a radiograph")
+
+
+def _decode_pil(data: bytes, name: str, max_pixels: int, max_side: int | None) -> Radiograph:
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -87,31 +159,39 @@ def _decode_pil(data: bytes, name: str, max_pixels: int) -> Radiograph:
     except OSError as e:
         raise ImageDecodeError(f"{name}: truncated or corrupt image header ({e})") from e
     frames = int(getattr(img, "n_frames", 1))
-    _check_size(name, img.width, img.height, 1, max_pixels)
+    size = (img.width, img.height)
+    _check_size(name, *size, 1, max_pixels)
+    target = _reduced(*size, max_side)
+    mode = img.mode
+    if mode == "F":
+        raise ImageDecodeError(f"{name}: floating-point images are not supported")
+    sixteen = mode in ("I;16", "I;16B", "I;16L", "I")
+    if not sixteen and mode not in ("L", "P", "RGB", "RGBA", "LA", "CMYK", "YCbCr", "1"):
+        raise ImageDecodeError(f"{name}: unsupported image mode {mode}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            if target and img.format == "JPEG":
+                img.draft("L", target)  # the DCT decodes at 1/2, 1/4 or 1/8 of the size, at least target
             img.load()
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for corrupt streams
         raise ImageDecodeError(f"{name}: truncated or corrupt {img.format} data ({type(e).__name__}: {e})") from e
-    mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        bits = 16
-        arr = arr / 65535.0
-    elif mode in ("L", "P", "RGB", "RGBA", "LA", "CMYK", "YCbCr", "1"):
-        bits = 8
-        arr = np.asarray(img.convert("L"), dtype=np.float64) / 255.0  # colour -> ITU-R 601 luminance
-    elif mode == "F":
-        raise ImageDecodeError(f"{name}: floating-point images are not supported")
+    source = img.format or "unknown"
+    if sixteen:
+        if img.mode != "I;16":  # 32-bit "I" or byte-swapped 16-bit
+            img = Image.fromarray(np.clip(np.asarray(img), 0, 65535).astype(np.uint16))
     else:
-        raise ImageDecodeError(f"{name}: unsupported image mode {mode}")
-    meta = {"format": img.format.lower() if img.format else "unknown", "mode": mode, "frames": frames}
-    fmt = "jpeg" if img.format == "JPEG" else "png" if img.format == "PNG" else (img.format or "unknown").lower()
-    return Radiograph(np.clip(arr, 0.0, 1.0).astype(np.float32), bits, fmt, meta)
+        img = img.convert("L")  # colour -> ITU-R 601 luminance
+    if target and img.size != target:
+        img = img.resize(target, Image.Resampling.BOX)  # area average: the detector and crops see no aliasing
+    meta = {"format": source.lower(), "mode": mode, "frames": frames}
+    fmt = {"JPEG": "jpeg", "PNG": "png"}.get(source, source.lower())
+    return Radiograph(np.asarray(img, dtype=np.uint16 if sixteen else np.uint8), 16 if sixteen else 8, fmt, meta, size)
 
 
 def _check_size(name: str, width: int, height: int, frames: int, max_pixels: int) -> None:
+    """Refuse from the header alone what cannot be a radiograph: no pixels, too many (a decompression
+    bomb), a side too short or a shape too long."""
     if width <= 0 or height <= 0:
         raise ImageDecodeError(f"{name}: image has no pixels ({width} x {height})")
     if width * height * frames > max_pixels:
@@ -119,9 +199,15 @@ def _check_size(name: str, width: int, height: int, frames: int, max_pixels: int
             f"{name}: {width} x {height}" + (f" x {frames} frames" if frames > 1 else "")
             + f" = {width * height * frames / 1e6:.0f} megapixels exceeds the limit of {max_pixels / 1e6:g} "
             "megapixels (possible decompression bomb)")
+    if min(width, height) < MIN_SIDE:
+        raise ImageDecodeError(f"{name}: {width} x {height} pixels is too small for a radiograph (its shorter side "
+                               f"must be at least {MIN_SIDE} pixels)")
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise ImageDecodeError(f"{name}: {width} x {height} pixels is not a radiograph's shape (sides "
+                               f"{max(width, height) / min(width, height):.0f}:1; at most {MAX_ASPECT:g}:1)")
 
 
-def _decode_dicom(data: bytes, name: str, max_pixels: int) -> Radiograph:
+def _decode_dicom(data: bytes, name: str, max_pixels: int, max_side: int | None) -> Radiograph:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -167,19 +253,27 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int) -> Radiograph:
         arr = arr[0]
     if samples > 1 or arr.ndim == 3:
         arr = _luminance(arr)
-        photometric_out = "MONOCHROME2"
+        invert, slope, intercept = False, 1.0, 0.0
         lo, hi = 0.0, float(2 ** int(ds.BitsAllocated) - 1)
     else:
         slope = float(ds.get("RescaleSlope", 1) or 1)
         intercept = float(ds.get("RescaleIntercept", 0) or 0)
         signed = int(ds.get("PixelRepresentation", 0)) == 1
         smin, smax = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
-        arr = arr.astype(np.float64) * slope + intercept
         lo, hi = sorted((smin * slope + intercept, smax * slope + intercept))
-        photometric_out = photometric
-    pixels = np.clip((arr - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
-    if photometric_out == "MONOCHROME1":
-        pixels = 1.0 - pixels
+        invert = photometric == "MONOCHROME1"
+    levels = np.empty(arr.shape, np.uint16)
+    for top in range(0, arr.shape[0], 1024):  # float32 a band of rows at a time, never the whole image
+        band = (arr[top:top + 1024].astype(np.float32) * slope + intercept - lo) / max(hi - lo, 1e-12)
+        band = np.rint(np.clip(band, 0.0, 1.0) * 65535.0)
+        levels[top:top + 1024] = 65535 - band if invert else band
+    del arr
+    size = (levels.shape[1], levels.shape[0])
+    target = _reduced(*size, max_side)
+    if target:
+        from PIL import Image
+
+        levels = np.asarray(Image.fromarray(levels).resize(target, Image.Resampling.BOX), dtype=np.uint16)
     meta = {
         "format": "dicom",
         "transfer_syntax": str(ts) if ts else None,
@@ -195,10 +289,10 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int) -> Radiograph:
     spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
     if spacing:
         meta["pixel_spacing_mm"] = [float(x) for x in spacing]
-    return Radiograph(pixels.astype(np.float32), bits, "dicom", meta)
+    return Radiograph(levels, bits, "dicom", meta, size)
 
 
 def _luminance(arr: np.ndarray) -> np.ndarray:
     """Colour DICOM to ITU-R 601 luminance, in the stored value range (pydicom returns YBR as RGB)."""
-    arr = arr.astype(np.float64)
+    arr = arr.astype(np.float32)
     return 0.299 * arr[..., 0] + 0.587 * arr[..., 1] + 0.114 * arr[..., 2]

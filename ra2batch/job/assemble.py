@@ -19,6 +19,10 @@ from ra2batch.catalogue import COLUMNS, EROSION, ID_COLUMN, LIMBS, TEMPLATE_ORDE
 from ra2batch.csvtext import neutralise
 
 KEY = [ID_COLUMN, "visit"]
+#: An images row's status when the file decoded but the detector found no hand or foot in it.
+REJECTED = "rejected"
+#: predictions.csv's ``qc`` for a patient none of whose joints was scored.
+NOTHING_SCORED = "nothing_scored"
 _LIMB_KEY = [ID_COLUMN, "_visit", "limb"]
 
 
@@ -34,8 +38,9 @@ def _visit_label(pid: str, visit: str) -> str:
 def choose_images(images: pd.DataFrame) -> tuple[pd.Series, list[str]]:
     """Which file is used for each (patient, visit, limb), and one message per duplicated limb.
 
-    The rule: the lexicographically first path among the files that decoded, so a corrupt copy never
-    hides a good one. Files in error or without a patient and limb are never chosen.
+    The rule: the lexicographically first path among the files that decoded and showed the limb
+    (status ``ok``), so a corrupt copy never hides a good one. Files in error, rejected (no hand or
+    foot found) or without a patient and limb are never chosen.
     """
     known = _keyed(images[images[ID_COLUMN].notna() & images["limb"].notna()])
     ok = known[known["status"] == "ok"].sort_values("path")
@@ -51,9 +56,12 @@ def choose_images(images: pd.DataFrame) -> tuple[pd.Series, list[str]]:
     return chosen, messages
 
 
-def _limb_flags(limb: str, n_files: int, chosen: bool, found: set[str]) -> list[str]:
+def _limb_flags(limb: str, statuses: list[str], chosen: bool, found: set[str]) -> list[str]:
+    """QC flags of one limb of a patient visit whose files have ``statuses``."""
+    n_files = len(statuses)
     if not chosen:
-        return [f"missing_limb:{limb}"] + ([f"image_error:{limb}"] if n_files else [])
+        return ([f"missing_limb:{limb}"] + ([f"image_error:{limb}"] if "error" in statuses else [])
+                + ([f"no_limb_found:{limb}"] if REJECTED in statuses else []))
     flags = [f"duplicate_image:{limb}"] if n_files > 1 else []
     kind = catalogue.limb_kind(limb)
     return flags + [f"not_detected:{limb}:{c}" for c in catalogue.detector_classes(kind) if c not in found]
@@ -82,7 +90,7 @@ def assemble_patients(images: pd.DataFrame, joints: pd.DataFrame) -> pd.DataFram
     used = _keyed(joints[joints["path"].isin(files.loc[files["chosen"], "path"])])
     scores = used.pivot_table(index=[ID_COLUMN, "_visit"], columns="column", values="score", aggfunc="first")
     scores = dict(zip(scores.index, scores.reindex(columns=list(COLUMNS)).to_numpy(float)))
-    n_files = files.groupby(_LIMB_KEY).size().to_dict()
+    statuses = files.groupby(_LIMB_KEY)["status"].agg(list).to_dict()
     chosen = set(files.loc[files["chosen"], _LIMB_KEY].itertuples(index=False, name=None))
     found: dict[tuple[str, str, str], set[str]] = {}
     for *limb_key, crop_class in used[[*_LIMB_KEY, "crop_class"]].drop_duplicates().itertuples(index=False):
@@ -96,7 +104,7 @@ def assemble_patients(images: pd.DataFrame, joints: pd.DataFrame) -> pd.DataFram
     rows = []
     for (pid, visit), n_images in files.groupby([ID_COLUMN, "_visit"], sort=True).size().items():
         values = scores.get((pid, visit), empty)
-        flags = [f for limb in LIMBS for f in _limb_flags(limb, n_files.get((pid, visit, limb), 0),
+        flags = [f for limb in LIMBS for f in _limb_flags(limb, statuses.get((pid, visit, limb), []),
                                                            (pid, visit, limb) in chosen,
                                                            found.get((pid, visit, limb), set()))]
         if np.isnan(values).any():
@@ -135,14 +143,18 @@ def prediction_columns(ids: np.ndarray, visits: np.ndarray | None, scored: np.nd
                        medians: Mapping[str, float]) -> dict[str, np.ndarray]:
     """predictions.csv's columns, in the RA2 template order, for patients ``ids`` with ``[patients, 86]``
     ``scored`` values: no value missing (the fill rule: :func:`_filled`). With ``visits`` (any patient
-    of the output has one) a ``visit`` column follows ``Patient_ID``: one row per patient visit. Text
-    a spreadsheet would run as a formula is quoted (``csvtext.neutralise``)."""
-    values, _ = _filled(scored, medians)
+    of the output has one) a ``visit`` column follows ``Patient_ID``: one row per patient visit. A
+    last column, ``qc``, says what was filled: ``""`` (nothing), ``filled:N`` (N of the 86 joints),
+    or ``nothing_scored`` (no radiograph of the patient gave a joint score: every value is a training
+    median). Text a spreadsheet would run as a formula is quoted (``csvtext.neutralise``)."""
+    values, gaps = _filled(scored, medians)
     columns = {c: values[:, i] for i, c in enumerate(COLUMNS)}
     columns.update(Overall_erosion=values[:, _IS_EROSION].sum(axis=1),
                    Overall_narrowing=values[:, ~_IS_EROSION].sum(axis=1), Overall_Tol=values.sum(axis=1))
-    order = [ID_COLUMN, *(["visit"] if visits is not None else []), *TEMPLATE_ORDER[1:]]
-    text = {ID_COLUMN: neutralise(ids), "visit": None if visits is None else neutralise(visits)}
+    order = [ID_COLUMN, *(["visit"] if visits is not None else []), *TEMPLATE_ORDER[1:], "qc"]
+    filled = gaps.sum(axis=1)
+    text = {ID_COLUMN: neutralise(ids), "visit": None if visits is None else neutralise(visits),
+            "qc": [NOTHING_SCORED if n == len(COLUMNS) else f"filled:{n}" if n else "" for n in filled]}
     return {c: text[c] if c in text else columns[c] for c in order}
 
 

@@ -2,7 +2,7 @@
 
 A pure function of its input rows, so Ray may retry a lost task without changing any output. It
 imports no model code: decode workers stay small and start fast. Pixels travel packed to one or two
-bytes each (``tables.pack_pixels``) beside their ``width``/``height`` (``tables.DECODED``).
+bytes each (``tables.pack_pixels``) beside their size (``tables.DECODED``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import ray
 
-from ra2batch.imaging.readers import ImageDecodeError, decode
+from ra2batch.imaging.readers import SCORING_MAX_SIDE, ImageDecodeError, decode
 from ra2batch.job.inputs import fs_path
 from ra2batch.job.tables import DECODED, pack_pixels
 from ra2batch.output.schema import BUCKET, ID_FIELDS
@@ -56,13 +56,14 @@ def _decode_one(out: dict[str, Any], data: bytes | None) -> dict[str, Any]:
     if data is None:
         return out
     try:
-        image = decode(data, out["path"])
+        image = decode(data, out["path"], max_side=SCORING_MAX_SIDE)
     except Exception as e:  # any failure to decode one file is that file's error, never the job's
         message = str(e) if isinstance(e, ImageDecodeError) else f"{type(e).__name__}: {e}"
         out["error"] = message.removeprefix(f"{out['path']}: ").splitlines()[0]
         return out
-    out.update(status="ok", error=None, width=int(image.width), height=int(image.height),
-               format=str(image.format), bits=int(image.bits), pixels=pack_pixels(image))
+    width, height = image.original_size
+    out.update(status="ok", error=None, width=int(width), height=int(height), decoded_width=image.width,
+               decoded_height=image.height, format=str(image.format), bits=int(image.bits), pixels=pack_pixels(image))
     return out
 
 

@@ -99,6 +99,7 @@ class JobSummary:
     seconds: float
     model_version: str
     full: bool = False
+    images_rejected: int = 0
     cluster: str = ""
     outputs: dict[str, str] = field(default_factory=dict)
     duplicates: list[str] = field(default_factory=list)
@@ -118,17 +119,21 @@ class JobSummary:
         return self.listed - self.scored
 
     @property
+    def _rejected(self) -> str:
+        return f", {self.images_rejected} rejected (no hand or foot found)" if self.images_rejected else ""
+
+    @property
     def images_per_second(self) -> float:
         return self.scored / self.seconds if self.seconds > 0 else 0.0
 
     def format(self) -> str:
         if self.kind == "nightly":
             lines = [f"nightly run {self.run_id} ({self.seconds:.1f} s, model {self.model_version}): {self.listed} "
-                     f"file(s) listed; {self.scored} scored ({self.images_error} in error), {self.skipped} unchanged, "
-                     f"{self.removed} removed; {self.patients} patient(s) rebuilt"]
+                     f"file(s) listed; {self.scored} scored ({self.images_error} in error{self._rejected}), "
+                     f"{self.skipped} unchanged, {self.removed} removed; {self.patients} patient(s) rebuilt"]
         else:
             lines = [f"scored {self.scored} radiograph file(s) from {self.input}: {self.images_ok} ok, "
-                     f"{self.images_error} in error; {self.patients} patient(s), {self.joints} joint scores"]
+                     f"{self.images_error} in error{self._rejected}; {self.patients} patient(s), {self.joints} joint scores"]
         if self.scored:
             lines.append(f"{self.seconds:.1f} s, {self.images_per_second:.2f} radiographs/s on {self.cluster}, "
                          f"model {self.model_version}" + (f" on {self.model_actors}" if self.model_actors else ""))
@@ -141,9 +146,10 @@ class JobSummary:
         if self.n_duplicates > 5:
             lines.append(f"... and {self.n_duplicates - 5} more patient limbs with duplicate files "
                          "(images table, chosen = false)")
-        lines += [f"error: {m}" for m in self.errors[:5]]
-        if self.images_error > 5:
-            lines.append(f"... and {self.images_error - 5} more errors (images table, status = 'error')")
+        lines += [f"not scored: {m}" for m in self.errors[:5]]
+        if self.images_error + self.images_rejected > 5:
+            lines.append(f"... and {self.images_error + self.images_rejected - 5} more (images table, status 'error' "
+                         "or 'rejected')")
         lines.append(f"output version {self.version} (run {self.run_id}):")
         width = max(map(len, self.outputs)) + 1 if self.outputs else 0
         lines += [f"  {name + ':':<{width}} {uri}" for name, uri in self.outputs.items()]
@@ -226,7 +232,8 @@ class Totals:
         for row in results.to_pylist():
             for action in row["actions"]:
                 self.actions[action["table"]].append(action)
-            for key in ("scored", "removed", "images_ok", "images_error", "patients", "joints", "duplicates"):
+            for key in ("scored", "removed", "images_ok", "images_error", "images_rejected", "patients", "joints",
+                        "duplicates"):
                 self.counts[key] = self.counts.get(key, 0) + row[key]
             self.errors = sorted(self.errors + row["errors"])[:SAMPLE]
             self.duplicates = sorted(self.duplicates + row["duplicate_messages"])[:SAMPLE]
@@ -329,7 +336,8 @@ def write_run(run: RunLease, plan: RunPlan, stream: ray.data.Dataset | None, mod
         "predictions": staged[0], "predictions_bytes": staged[1], "listed": plan.listed,
         "scored": totals["scored"], "skipped": plan.skipped, "removed": totals["removed"],
         "images_ok": totals["images_ok"], "images_error": totals["images_error"],
-        "patients": totals["patients"], "joints": totals["joints"], **manifest})
+        "images_rejected": totals["images_rejected"], "patients": totals["patients"], "joints": totals["joints"],
+        **manifest})
     install_predictions(out, staged[0])
     return row, totals
 
@@ -385,7 +393,8 @@ def run_job(kind: str, input: str, output: str, *, models: str | None = None, ma
     return JobSummary(
         kind=kind, input=input, output=output, run_id=run.run_id, version=row["version"], listed=plan.listed,
         scored=totals["scored"], removed=totals["removed"], images_ok=totals["images_ok"],
-        images_error=totals["images_error"], patients=totals["patients"], joints=totals["joints"],
+        images_error=totals["images_error"], images_rejected=totals["images_rejected"], patients=totals["patients"],
+        joints=totals["joints"],
         seconds=time.perf_counter() - started, model_version=bundle.model_version, full=bool(info["full"]),
         cluster=f"{_describe(ray.cluster_resources())}, {where}", duplicates=totals.duplicates, n_duplicates=totals["duplicates"],
         errors=totals.errors, ignored_files=listing.ignored, model_actors=actors,

@@ -19,6 +19,7 @@ import torch
 
 from ra2batch import catalogue
 from ra2batch.job.decode import decode_files
+from ra2batch.job.assemble import REJECTED
 from ra2batch.job.tables import IDENTITY, STREAM, unpack_pixels
 from ra2batch.models import ModelBundle, load_bundle
 
@@ -46,7 +47,8 @@ class ModelSource:
 class Detector:
     """Detector actor: finds the best box per class in each radiograph (hand or foot model by limb)
     and cuts the crops each joint model needs. Emits one ``image`` record per input row and one
-    ``crop`` record per (detected class, joint group).
+    ``crop`` record per (detected class, joint group); a radiograph in which the detector finds no
+    hand (foot) with the bundle's ``limb_min_confidence`` is ``rejected``: no crops, no scores.
 
     Radiographs are batched with others of the same limb kind; ``ModelBundle.detect`` keeps a
     radiograph's boxes independent of its batch mates.
@@ -59,7 +61,7 @@ class Detector:
     def __call__(self, batch: pa.Table) -> pa.Table:
         meta = batch.drop_columns(["pixels"]).to_pylist()
         pixels = batch.column("pixels")
-        images = {i: unpack_pixels(pixels[i].as_buffer(), m["height"], m["width"])
+        images = {i: unpack_pixels(pixels[i].as_buffer(), m["decoded_height"], m["decoded_width"])
                   for i, m in enumerate(meta) if m["status"] == "ok"}
         by_kind: dict[str, list[int]] = {}
         for i in images:
@@ -73,10 +75,25 @@ class Detector:
                 rows.append({**m, "record": "image", "status": "error", "error": found[i], "width": None,
                              "height": None})
                 continue
+            rejected = self._rejected(found[i], m["limb"]) if i in images else None
+            if rejected:
+                rows.append({**m, "record": "image", "status": REJECTED, "error": rejected,
+                             "n_detections": len(found[i])})
+                continue
             crops = self._crops(images[i], found[i], m) if i in images else []
             n = len({c["crop_class"] for c in crops}) if i in images else None
             rows += [{**m, "record": "image", "n_detections": n}, *crops]
         return pa.Table.from_pylist(rows, schema=STREAM)
+
+    def _rejected(self, detections: dict[str, Any], limb: str) -> str | None:
+        """Why a radiograph is not scored when its detector found no hand (foot) in it, else ``None``."""
+        kind = catalogue.limb_kind(limb)
+        found, confidence = self.bundle.limb_found(detections, kind)
+        if found:
+            return None
+        threshold = self.bundle.manifest.architecture.detectors[kind].limb_min_confidence
+        return (f"no {kind} found: the {kind} detector's confidence is {confidence:.2f}, below the bundle's "
+                f"{threshold:.2f} (not a {limb} radiograph, or too unlike the ones the model was trained on): not scored")
 
     def _detect(self, images: list[np.ndarray], kind: str) -> list[dict[str, Any] | str]:
         """Detections per image. If a batch fails, its images are retried one by one, and an image
@@ -100,7 +117,9 @@ class Detector:
                 cut = list(self.bundle.joint_crops(image, {crop_class: d}, meta["limb"]))
             except ValueError:
                 continue
-            x0, y0, x1, y1 = (float(v) for v in d.box)
+            # crops come from the decoded image; boxes are reported in the file's pixels
+            per_pixel = meta["width"] / meta["decoded_width"]
+            x0, y0, x1, y1 = (float(v) * per_pixel for v in d.box)
             rows += [{**ident, "record": "crop", "crop_class": crop_class, "group": c.group,
                       "box_x0": x0, "box_y0": y0, "box_x1": x1, "box_y1": y1, "detector_score": float(d.score),
                       "crop": c.crop.astype(np.float32).tobytes()}

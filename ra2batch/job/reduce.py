@@ -28,20 +28,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ra2batch.catalogue import ID_COLUMN
-from ra2batch.job.assemble import assemble_patients, choose_images, with_fill_flags
+from ra2batch.job.assemble import REJECTED, assemble_patients, choose_images, with_fill_flags
 from ra2batch.output.files import ACTION, read_bucket_file, removal, write_bucket
 from ra2batch.output.schema import BUCKET, CATALOGUE, IMAGES, JOINTS, PATIENTS, TABLES, Table
 from ra2batch.storage import Location
 
 MAX_FILES_PER_BUCKET = 8
-#: Error and duplicate messages a bucket reports (the smallest paths first); the driver keeps as many overall.
+#: Messages a bucket reports (files in error or rejected, duplicates; the smallest paths first); the
+#: driver keeps as many overall.
 SAMPLE = 20
 
 #: What each bucket reports to the driver.
 RESULT = pa.schema([
     pa.field(BUCKET, pa.int64()), pa.field("actions", pa.list_(ACTION)),
     pa.field("scored", pa.int64()), pa.field("removed", pa.int64()),
-    pa.field("images_ok", pa.int64()), pa.field("images_error", pa.int64()),
+    pa.field("images_ok", pa.int64()), pa.field("images_error", pa.int64()), pa.field("images_rejected", pa.int64()),
     pa.field("patients", pa.int64()), pa.field("joints", pa.int64()),
     pa.field("errors", pa.list_(pa.string())), pa.field("duplicates", pa.int64()),
     pa.field("duplicate_messages", pa.list_(pa.string())),
@@ -178,11 +179,13 @@ def reduce_bucket(rows: pa.Table, plan: ReducePlan) -> pa.Table:
         *current.replace(TABLES["patients"], lambda t: _isin(_key(t), affected), patients_out, [ID_COLUMN, "visit"]),
         *current.replace(TABLES["catalogue"], lambda t: _isin(t["path"], replaced), catalogue, ["path"]),
     ]
-    errors = new_images.filter(pc.equal(new_images["status"], "error")).sort_by("path")
-    messages = [f"{p}: {m}" for p, m in zip(errors["path"].to_pylist()[:SAMPLE], errors["error"].to_pylist()[:SAMPLE])]
+    unscored = new_images.filter(pc.not_equal(new_images["status"], "ok")).sort_by("path")
+    messages = [f"{p}: {m}" for p, m in zip(unscored["path"].to_pylist()[:SAMPLE], unscored["error"].to_pylist()[:SAMPLE])]
+    rejected = int(pc.sum(pc.equal(unscored["status"], REJECTED)).as_py() or 0)
     return pa.Table.from_pylist([{
         BUCKET: bucket, "actions": actions, "scored": new_images.num_rows, "removed": gone.num_rows,
-        "images_ok": new_images.num_rows - errors.num_rows, "images_error": errors.num_rows,
+        "images_ok": new_images.num_rows - unscored.num_rows, "images_error": unscored.num_rows - rejected,
+        "images_rejected": rejected,
         "patients": len(patients), "joints": joints.num_rows, "errors": messages,
         "duplicates": len(duplicates), "duplicate_messages": duplicates[:SAMPLE],
     }], schema=RESULT)

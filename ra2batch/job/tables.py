@@ -13,6 +13,8 @@ import pyarrow as pa
 
 from ra2batch.output.schema import BOX_FIELDS, BUCKET, FILE_FIELDS, ID_FIELDS, JOINT_FIELDS
 
+from ra2batch.imaging.readers import to_pixels
+
 if TYPE_CHECKING:
     from ra2batch.imaging.readers import Radiograph
 
@@ -21,27 +23,17 @@ if TYPE_CHECKING:
 IDENTITY_FIELDS = ID_FIELDS + [pa.field(BUCKET, pa.int64())]
 IDENTITY: tuple[str, ...] = tuple(f.name for f in IDENTITY_FIELDS)
 
-#: Decode stage output: one row per file; ``pixels`` is the HxW radiograph, row-major, packed by
-#: :func:`pack_pixels` (empty when the file is in error).
-DECODED = pa.schema(IDENTITY_FIELDS + FILE_FIELDS + [pa.field("pixels", pa.large_binary())])
-
-# Packed level -> [0, 1] float32, one table per packing: exact for sources of up to 8 (16) bits,
-# which the readers normalise as ``level / 255`` (``level / 65535``).
-_LEVELS = {np.dtype(np.uint8): (np.arange(2**8) / (2**8 - 1)).astype(np.float32),
-           np.dtype(np.uint16): (np.arange(2**16) / (2**16 - 1)).astype(np.float32)}
-
+#: Decode stage output: one row per file; ``pixels`` is the radiograph's levels, row-major, packed by
+#: :func:`pack_pixels` (empty when the file is in error), ``decoded_width`` x ``decoded_height`` of them:
+#: fewer than the file's ``width`` x ``height`` when it was decoded at reduced resolution.
+DECODED = pa.schema(IDENTITY_FIELDS + FILE_FIELDS + [
+    pa.field("decoded_width", pa.int64()), pa.field("decoded_height", pa.int64()), pa.field("pixels", pa.large_binary())])
 
 def pack_pixels(image: Radiograph) -> bytes:
-    """A decoded radiograph's pixels (float32 in [0, 1]) as the bytes that travel from decode to the
-    detector.
-
-    One byte a pixel for 8-bit JPEG and PNG sources, whose levels are exactly ``level / 255``, else
-    two: a quarter (a half) of float32's traffic through the object store. Exact for 8- and 16-bit
-    JPEG and PNG; a DICOM windowed to [0, 1] comes back within 1/131070 of its decoded value.
-    """
-    dtype = np.uint8 if image.bits <= 8 and image.format != "dicom" else np.uint16
-    top = np.iinfo(dtype).max
-    return np.rint(np.clip(image.pixels, 0.0, 1.0) * top).astype(dtype).tobytes()
+    """A decoded radiograph as the bytes that travel from decode to the detector: its levels, one
+    byte a pixel for 8-bit sources, else two (a quarter, or a half, of float32's traffic through the
+    object store), exactly as the reader decoded them."""
+    return image.levels.tobytes()
 
 
 def unpack_pixels(data: memoryview | bytes, height: int, width: int) -> np.ndarray:
@@ -50,7 +42,7 @@ def unpack_pixels(data: memoryview | bytes, height: int, width: int) -> np.ndarr
     if rest or per_pixel not in (1, 2):
         raise ValueError(f"{len(data)} bytes are not a packed {width} x {height} radiograph")
     levels = np.frombuffer(data, dtype=np.uint8 if per_pixel == 1 else np.uint16).reshape(height, width)
-    return _LEVELS[levels.dtype][levels]
+    return to_pixels(levels)
 
 
 #: Model stages' output: ``record`` is ``image`` (one per file, file fields set), ``crop`` (box

@@ -226,6 +226,20 @@ class ModelBundle:
                     found.update((i, _best_per_class(o, classes, min_score)) for i, o in zip(idx[sl], outputs))
         return [found[i] for i in range(len(tensors))]
 
+    def limb_found(self, detections: Mapping[str, Detection], kind: str) -> tuple[bool, float]:
+        """Whether one radiograph's ``detections`` (:meth:`detect`) show a hand (foot), and their
+        :func:`limb_confidence`, against the detector's ``limb_min_confidence``."""
+        confidence = limb_confidence(detections, kind)
+        return confidence >= self._manifest.architecture.detectors[kind].limb_min_confidence, confidence  # type: ignore[index]
+
+    def with_limb_min_confidence(self, thresholds: Mapping[str, float]) -> ModelBundle:
+        """This bundle with each detector's ``limb_min_confidence`` set (``{kind: value}``); the same modules."""
+        arch = self._manifest.architecture
+        detectors = {k: c.model_copy(update={"limb_min_confidence": float(thresholds[k])}) if k in thresholds else c
+                     for k, c in arch.detectors.items()}
+        manifest = self._manifest.model_copy(update={"architecture": arch.model_copy(update={"detectors": detectors})})
+        return ModelBundle(manifest, self.detectors, self.joint_models)
+
     def score(self, group_name: str, crops: np.ndarray, *, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """Scores of one joint group for float32 crops ``[N, H, W]`` (the group's ``crop_shape``, from ``crops.cut``).
 
@@ -301,6 +315,14 @@ def _image_tensor(image: np.ndarray, index: int) -> torch.Tensor:
     if a.size and not (a.min() >= 0.0 and a.max() <= 1.0):
         raise ValueError(f"image {index}: values must lie in [0, 1], got {a.min():g}..{a.max():g}")
     return torch.from_numpy(a)[None]
+
+
+def limb_confidence(detections: Mapping[str, Detection], kind: str) -> float:
+    """How sure the detector is that a radiograph shows a hand (foot): the mean, over the detector's
+    classes, of the best box's score (0 for a class it did not find). A phantom hand or foot scores
+    0.8-1.0 with the demo bundle, noise, gradients and blank-ish images 0.1-0.55."""
+    classes = catalogue.detector_classes(kind)
+    return float(sum(detections[c].score if c in detections else 0.0 for c in classes) / len(classes))
 
 
 def _best_per_class(output: Mapping[str, torch.Tensor], classes: Sequence[str],
@@ -398,6 +420,20 @@ def _load_into(module: nn.Module, data: bytes, name: str, uri: str) -> None:
     if unset:  # a tensor outside the state dict: the architecture, not the file, is at fault
         raise BundleError(f"{uri}: {name}: the architecture has {len(unset)} tensor(s) no weight file sets "
                           f"(first: {unset[0]})")
+
+
+def set_limb_min_confidence(uri: str, thresholds: Mapping[str, float],
+                            storage_options: dict[str, Any] | None = None) -> str:
+    """Set the ``limb_min_confidence`` of the detectors of the saved bundle at ``uri`` (``{kind: value}``)
+    in its bundle.json alone, leaving the weight files as they are (a float16 bundle stays float16);
+    returns the bundle's new ``model_version``."""
+    loc = resolve(uri, storage_options)
+    raw, _ = _read_manifest(loc, uri)
+    for kind, value in thresholds.items():
+        raw["architecture"]["detectors"][kind]["limb_min_confidence"] = float(value)
+    Manifest.model_validate(raw)
+    loc.write_bytes(json.dumps(raw, indent=2, sort_keys=True).encode() + b"\n", MANIFEST_NAME)
+    return load_bundle(uri, storage_options, parts=()).model_version
 
 
 def load_bundle(uri: str, storage_options: dict[str, Any] | None = None, *,

@@ -51,6 +51,10 @@ class DetectorConfig(BaseModel):
     max_size: int = Field(1400, ge=32)
     aspect_ratios: tuple[float, ...] = Field(FINGER_ASPECT_RATIOS, min_length=1)
     min_score: float = Field(0.05, ge=0.0, le=1.0)
+    limb_min_confidence: float = Field(
+        0.0, ge=0.0, le=1.0, description="a radiograph whose limb confidence (``bundle.limb_confidence``: the mean "
+        "over the detector's classes of its best box's score) is below this shows no hand (foot) and is rejected "
+        "unscored; 0 accepts every radiograph. Training calibrates it on the held-out radiographs")
 
 
 _REGISTRY: dict[str, Callable[..., tuple[nn.Module, int, int]]] = {}

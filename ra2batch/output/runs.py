@@ -45,7 +45,7 @@ RUNS = pa.schema([
     pa.field("predictions", pa.string()), pa.field("predictions_bytes", pa.int64()),
     pa.field("listed", pa.int64()), pa.field("scored", pa.int64()), pa.field("skipped", pa.int64()),
     pa.field("removed", pa.int64()), pa.field("images_ok", pa.int64()), pa.field("images_error", pa.int64()),
-    pa.field("patients", pa.int64()), pa.field("joints", pa.int64()),
+    pa.field("images_rejected", pa.int64()), pa.field("patients", pa.int64()), pa.field("joints", pa.int64()),
     pa.field("config", pa.string()), pa.field("crop_geometry", pa.string()), pa.field("error", pa.string()),
 ])
 RUNS_TABLE = "runs"

@@ -29,7 +29,7 @@ from PIL import Image
 
 from ra2batch import catalogue
 from ra2batch.catalogue import ID_COLUMN
-from ra2batch.imaging.readers import decode
+from ra2batch.imaging.readers import SCORING_MAX_SIDE, Radiograph, decode
 from ra2batch.models.crops import cut, is_mirrored
 from ra2batch.models.plan import PLAN
 from ra2batch.report import charts
@@ -76,17 +76,19 @@ def page_key(patient_id: str, visit: str) -> str:
 
 
 class _Radiographs:
-    """Decoded images by path, read once; a failure is kept as its one-line message."""
+    """Decoded images by path, read once; a failure is kept as its one-line message. Images are
+    decoded as the scoring job decodes them (at most ``SCORING_MAX_SIDE`` pixels a side), so the
+    report's memory is bounded as the job's is; boxes, in the file's pixels, are scaled to them."""
 
     def __init__(self, storage_options: dict[str, Any] | None):
         self._options = storage_options
-        self._cache: dict[str, np.ndarray | str] = {}
+        self._cache: dict[str, Radiograph | str] = {}
 
-    def get(self, path: str) -> np.ndarray | str:
+    def get(self, path: str) -> Radiograph | str:
         if path not in self._cache:
             try:
                 data = resolve(path, self._options).read_bytes()
-                self._cache[path] = decode(data, path.rsplit("/", 1)[-1]).pixels
+                self._cache[path] = decode(data, path.rsplit("/", 1)[-1], max_side=SCORING_MAX_SIDE)
             except (OSError, ValueError) as e:
                 first_line = str(e).splitlines()[0] if str(e) else ""
                 self._cache[path] = f"cannot read {path}: {type(e).__name__}: {first_line}"
@@ -158,20 +160,21 @@ def _radiographs(images: pd.DataFrame, joints: pd.DataFrame, key: str, folder: P
                            f"<figcaption>{limb}</figcaption></figure>")
             continue
         path = str(rows.iloc[0]["path"])
-        pixels = pictures.get(path)
-        if isinstance(pixels, str):
-            figures.append(f'<figure class="radiograph missing"><div>{escape(pixels)}</div>'
+        image = pictures.get(path)
+        if isinstance(image, str):
+            figures.append(f'<figure class="radiograph missing"><div>{escape(image)}</div>'
                            f"<figcaption>{limb}</figcaption></figure>")
             continue
-        h, w = pixels.shape
+        h, w = image.levels.shape
         scale = min(1.0, DISPLAY_SIDE / max(h, w))
-        shown = Image.fromarray(np.round(pixels * 255).astype(np.uint8))
+        shown = Image.fromarray(np.round(image.pixels * 255).astype(np.uint8))
         if scale < 1:
             shown = shown.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS)
         shown.save(folder / f"{limb}.jpg", quality=88)
         boxes = [charts.BoxMark(r.box_x0, r.box_y0, r.box_x1, r.box_y1, f"{r.crop_class} {r.detector_score:.2f}")
                  for r in joints[joints["limb"] == limb].drop_duplicates("crop_class").itertuples()]
-        figures.append(f'<figure class="radiograph">{charts.radiograph(f"{key}/{limb}.jpg", w, h, boxes)}'
+        width, height = image.original_size  # the boxes' pixels
+        figures.append(f'<figure class="radiograph">{charts.radiograph(f"{key}/{limb}.jpg", width, height, boxes)}'
                        f"<figcaption>{limb} · {escape(path)}</figcaption></figure>")
     return f'<div class="radiographs">{"".join(figures)}</div>'
 
@@ -191,16 +194,16 @@ def _crop_figure(limb: str, rows: pd.DataFrame, key: str, folder: Path, pictures
     first = rows.iloc[0]
     crop_class, group = str(first["crop_class"]), str(first["group"])
     height, width = geometry.shape(group)
-    pixels = pictures.get(str(first["path"]))
+    image = pictures.get(str(first["path"]))
     att = np.asarray(first["attention"], dtype=np.float32)
     ah, aw = int(first["attention_h"]), int(first["attention_w"])
-    problem = pixels if isinstance(pixels, str) else None
+    problem = image if isinstance(image, str) else None
     if problem is None and att.size != ah * aw:
         problem = f"attention has {att.size} values, not {ah}x{aw}"
     if problem is None:
-        box = (first["box_x0"], first["box_y0"], first["box_x1"], first["box_y1"])
+        box = tuple(first[c] * image.scale for c in ("box_x0", "box_y0", "box_x1", "box_y1"))
         try:
-            crop = cut(pixels, box, (height, width), is_mirrored(limb), margin=geometry.margin)
+            crop = cut(image.pixels, box, (height, width), is_mirrored(limb), margin=geometry.margin)
         except ValueError as e:
             problem = str(e)
     if problem is None:

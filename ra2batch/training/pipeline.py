@@ -29,7 +29,7 @@ from . import detectors as detector_worker
 from . import joints as joint_worker
 from .data import crop_dataset, detector_dataset
 from .dataset import DatasetError, DatasetIndex, index_dataset, split_patients
-from .evaluation import evaluate_bundle
+from .evaluation import calibrated_limb_thresholds, evaluate_bundle
 from .presets import TrainPreset
 from .state import read_best, read_state
 
@@ -169,6 +169,10 @@ def train(data: str, out: str, preset: TrainPreset, run: RunSettings, *,
     medians = {c: float(train_labels[c].median()) for c in catalogue.COLUMNS}
     run.log(f"evaluating on the {len(val_p)} held-out patients")
     held_out = evaluate_bundle(bundle, index, patients=val_p, baseline_labels=train_labels, medians=medians)
+    thresholds = calibrated_limb_thresholds(held_out)
+    bundle = bundle.with_limb_min_confidence(thresholds)
+    run.log("radiographs the detectors find no hand or foot in are rejected below a limb confidence of "
+            + ", ".join(f"{v:.2f} ({k})" for k, v in thresholds.items()) + " (calibrated on the held-out radiographs)")
     metrics = {"held_out": held_out, "training": summary,
                "minutes": (time.monotonic() - started) / 60}
     provenance = {"training_data": data_fingerprint(index), "command": command, "data": data,
