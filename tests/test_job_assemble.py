@@ -62,8 +62,9 @@ def test_predictions_fill_from_the_other_side_then_the_median_and_say_so():
     images, _ = _images(("/LH.jpg", "P3", None, "LH", "ok"))
     patients = assemble_patients(images, _joints("/LH.jpg", "P3", "LH", value=3.0))
     pred, patients = predictions(patients, MEDIANS, visits=False), with_fill_flags(patients, MEDIANS)
-    assert list(pred.columns) == list(catalogue.TEMPLATE_ORDER)
+    assert list(pred.columns) == [*catalogue.TEMPLATE_ORDER, "qc"]
     row = pred.iloc[0]
+    assert row["qc"] == f"filled:{len(catalogue.COLUMNS) - len(catalogue.joints_for(limb='LH'))}"  # all but LH's
     assert row["RH_wrist_E__lunate"] == 3.0 and row["LF_mtp_E__ip"] == 0.5
     assert not pred.isna().any().any()
     assert catalogue.validate_row(row.to_dict()) == []

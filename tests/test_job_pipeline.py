@@ -82,7 +82,7 @@ def write_zoo(root: Path) -> dict[str, str | None]:
 
     P1 is complete (JPEG hands, 16-bit PNG and MONOCHROME1 DICOM feet) with a second copy of its LH;
     P2 has hands only; P9's four files are all broken; P8 has a decompression bomb and a radiograph
-    too thin for the detector; two files name no patient or limb.
+    too thin to be a radiograph; two files name no patient or limb.
     """
     rng = np.random.default_rng(1)
     good = jpeg(rng)
@@ -123,7 +123,8 @@ def read_outputs(loc) -> dict[str, pd.DataFrame]:
              "patients": ["Patient_ID", "visit"], "catalogue": ["path"]}
     out = {name: snapshot.to_pandas(name).sort_values(keys, ignore_index=True) for name, keys in order.items()}
     with loc.fs.open_input_stream(loc.join("predictions.csv")) as f:
-        out["predictions"] = pd.read_csv(f, dtype={"Patient_ID": str}).sort_values("Patient_ID", ignore_index=True)
+        predictions = pd.read_csv(f, dtype={"Patient_ID": str}).sort_values("Patient_ID", ignore_index=True)
+    out["predictions"] = predictions.assign(qc=predictions["qc"].fillna(""))  # "" (nothing filled) reads as NaN
     return out
 
 
@@ -199,6 +200,44 @@ def test_decoded_pixels_reach_the_detector_as_decoded(tmp_path):
         unpack_pixels(b"12345", 2, 3)
 
 
+def test_decoding_holds_a_bounded_number_of_bytes_read_ahead(tmp_path, monkeypatch):
+    """Files are read ahead of the decoding only up to ``READ_AHEAD_BYTES`` (by listed size), so a
+    task of large files never holds all of them at once; rows stay in listing order."""
+    import threading
+
+    import pyarrow.fs as pafs
+
+    from ra2batch.job import decode as decode_mod
+
+    rng = np.random.default_rng(5)
+    files = {f"P{i}-LH.png": png16(rng) for i in range(6)}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    listing = pd.DataFrame([{"path": str(tmp_path / n), "Patient_ID": n[:2], "visit": None, "limb": "LH",
+                             "size_bytes": 1000, "mtime": None, "problem": None, "bucket": 0} for n in files])
+    decoded: list[str] = []
+    behind: list[int] = []  # at each read's start: files listed before it not yet decoded
+    lock = threading.Lock()
+    read_one, decode_one = decode_mod._read_one, decode_mod._decode_one
+
+    def spy_read(fs, row):
+        with lock:
+            behind.append(list(files).index(Path(row["path"]).name) - len(decoded))
+        return read_one(fs, row)
+
+    def spy_decode(out, data):
+        with lock:
+            decoded.append(out["path"])
+        return decode_one(out, data)
+
+    monkeypatch.setattr(decode_mod, "_read_one", spy_read)
+    monkeypatch.setattr(decode_mod, "_decode_one", spy_decode)
+    monkeypatch.setattr(decode_mod, "READ_AHEAD_BYTES", 2500)  # two files of 1000 listed bytes
+    rows = decode_mod.decode_files(listing, fs=pafs.LocalFileSystem(), read_threads=8).to_pylist()
+    assert [r["path"] for r in rows] == list(listing["path"]) and all(r["status"] == "ok" for r in rows)
+    assert len(behind) == 6 and max(behind) <= 1
+
+
 def test_s3_archive_with_bad_files_is_fully_accounted(ray_local, s3_bucket, no_feet_bundle, tmp_path):
     from ra2batch.job import score_archive
 
@@ -247,11 +286,14 @@ def test_s3_archive_with_bad_files_is_fully_accounted(ray_local, s3_bucket, no_f
     assert patients.loc["P1", "Overall_Tol"] == pytest.approx(patients.loc["P1", hand].sum())
     assert np.isnan(patients.loc["P9", "Overall_Tol"])
 
-    # predictions.csv: complete, in template order, fills recorded
+    # predictions.csv: complete, in template order then its qc column, fills recorded
     pred = out["predictions"]
-    assert list(pred.columns) == list(catalogue.TEMPLATE_ORDER) and not pred.isna().any().any()
+    assert list(pred.columns) == [*catalogue.TEMPLATE_ORDER, "qc"]
+    assert not pred[list(catalogue.TEMPLATE_ORDER)].isna().any().any()
     assert all(catalogue.validate_row(r) == [] for r in pred.to_dict("records"))
     assert "filled:LF_mtp_E__ip" in p1
+    qc = pred.set_index("Patient_ID")["qc"]
+    assert qc["P1"] == f"filled:{len(foot)}" and qc["P9"] == qc["P8"] == "nothing_scored"
 
     # nothing identifying from the DICOM header reached any output
     blob = "".join(df.astype(str).to_csv() for df in out.values()) + summary.format()
@@ -385,7 +427,7 @@ def test_ray_job_submit_scores_s3_archive_on_a_two_node_cluster(ray_cluster, s3_
     assert len(out["images"]) == 9 and (out["images"]["status"] == "error").sum() == 1
     assert sorted(out["patients"]["Patient_ID"]) == ["C1", "C2", "C3"]
     assert len(out["joints"]) == 2 * 86 and not out["joints"].duplicated(["Patient_ID", "column"]).any()
-    assert len(out["predictions"]) == 3 and not out["predictions"].isna().any().any()
+    assert len(out["predictions"]) == 3 and not out["predictions"][list(catalogue.TEMPLATE_ORDER)].isna().any().any()
 
 
 def test_warm_model_pool_scores_what_the_jobs_own_actors_score(ray_local, tiny_bundle, tmp_path, monkeypatch):

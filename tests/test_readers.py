@@ -202,6 +202,18 @@ def test_images_that_are_not_radiographs_are_refused():
         decode(bytes(jpeg), "forged.jpg", max_side=4096)
 
 
+def test_colour_dicom_becomes_8_bit_luminance():
+    rgb = np.stack([np.round(RAMP * 255), np.round(RAMP[::-1] * 200), np.full_like(RAMP, 40)], axis=2).astype(np.uint8)
+    ds = _dicom(np.zeros(RAMP.shape, np.uint16))
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PixelData = rgb.tobytes()
+    rad = decode(_save(ds), "colour.dcm")
+    expected = 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
+    assert rad.levels.dtype == np.uint8 and rad.bits == 8
+    assert np.abs(rad.levels.astype(float) - expected).max() <= 0.5 + 1e-6
+
+
 def test_large_images_decode_at_reduced_resolution():
     """``max_side`` bounds the decoded image: a JPEG straight from its DCT, others by area averaging; the
     original size and the scale are kept, and the content is the image's, smaller."""

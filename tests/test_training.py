@@ -16,6 +16,7 @@ from ra2batch import catalogue
 from ra2batch.models import PLAN, DetectorConfig, JointHeadConfig, JointModel, load_bundle
 from ra2batch.synth import generate_cohort
 from ra2batch.training import data, dataset, joints, pipeline
+from ra2batch.training.evaluation import LIMB_CALIBRATION
 from ra2batch.training.presets import DetectorTraining, JointTraining, TrainPreset
 
 pytestmark = pytest.mark.cluster
@@ -82,7 +83,12 @@ def test_training_writes_a_bundle_with_held_out_metrics(cohort, local_ray, tmp_p
         assert {"loss", "lr", "epoch"} <= set(summary["history"][0])
     assert set(bundle.label_medians) == set(catalogue.COLUMNS)
     assert manifest.provenance.command == "pytest" and manifest.provenance.preset["name"] == "tiny"
-    assert manifest.plan == TINY.plan and manifest.architecture.detectors["hand"] == _DETECTOR
+    assert manifest.plan == TINY.plan
+    # each detector keeps its architecture and gains the limb threshold calibrated on the held-out radiographs
+    for kind, detector in manifest.architecture.detectors.items():
+        calibrated = round(LIMB_CALIBRATION * held["limb_confidence"][kind]["min"], 3)
+        assert detector == _DETECTOR.model_copy(update={"limb_min_confidence": calibrated}), kind
+        assert 0 < detector.limb_min_confidence < 1
 
 
 def test_an_interrupted_run_resumes_at_the_saved_epoch(cohort, local_ray, tmp_path):

@@ -37,6 +37,8 @@ MAX_FILL_ROWS = 0.25
 #: are 1000-2500 px) are decoded at reduced resolution, which the models do not miss (the detector
 #: sees at most 1400 px, a joint crop a few hundred) and which bounds an actor's memory.
 SCORING_MAX_SIDE = 4096
+#: DICOM values larger than this (the pixel data) are read from the file's bytes only when decoded.
+DEFER_BYTES = 1 << 20
 
 PIL_SUFFIXES = (".jpg", ".jpeg", ".png")
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -210,9 +212,12 @@ def _check_size(name: str, width: int, height: int, frames: int, max_pixels: int
 def _decode_dicom(data: bytes, name: str, max_pixels: int, max_side: int | None) -> Radiograph:
     import pydicom
     from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import pixel_array
 
+    preamble = data[128:132] == b"DICM"
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=data[128:132] != b"DICM")
+        # with the file's preamble, large values (the pixel data) are left in ``data`` until decoded
+        ds = pydicom.dcmread(io.BytesIO(data), force=not preamble, defer_size=DEFER_BYTES if preamble else None)
     except InvalidDicomError as e:
         raise ImageDecodeError(f"{name}: not a valid DICOM file ({e})") from e
     except Exception as e:  # truncated headers surface as EOFError, OSError, ValueError...
@@ -246,13 +251,12 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int, max_side: int | None)
                 "install pylibjpeg with pylibjpeg-libjpeg (JPEG, JPEG-LS), pylibjpeg-openjpeg (JPEG 2000) "
                 "or pylibjpeg-rle (RLE)")
     try:
-        arr = ds.pixel_array
+        # the first frame, straight from the file's bytes (no second copy of the pixel data)
+        arr = pixel_array(io.BytesIO(data) if preamble else ds, index=0)
     except Exception as e:  # pydicom raises many types for short or corrupt pixel data
         raise ImageDecodeError(f"{name}: cannot decode DICOM pixel data ({ts_name}): {type(e).__name__}: {e}") from e
-    if frames > 1:
-        arr = arr[0]
-    if samples > 1 or arr.ndim == 3:
-        arr = _luminance(arr)
+    colour = samples > 1 or arr.ndim == 3
+    if colour:
         invert, slope, intercept = False, 1.0, 0.0
         lo, hi = 0.0, float(2 ** int(ds.BitsAllocated) - 1)
     else:
@@ -262,18 +266,24 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int, max_side: int | None)
         smin, smax = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
         lo, hi = sorted((smin * slope + intercept, smax * slope + intercept))
         invert = photometric == "MONOCHROME1"
-    levels = np.empty(arr.shape, np.uint16)
-    for top in range(0, arr.shape[0], 1024):  # float32 a band of rows at a time, never the whole image
-        band = (arr[top:top + 1024].astype(np.float32) * slope + intercept - lo) / max(hi - lo, 1e-12)
-        band = np.rint(np.clip(band, 0.0, 1.0) * 65535.0)
-        levels[top:top + 1024] = 65535 - band if invert else band
-    del arr
+    # float32 a band of rows at a time, never the whole image; 16-bit grey levels overwrite their
+    # source, 8-bit colour becomes 8-bit levels
+    dtype = np.uint8 if colour and int(ds.BitsAllocated) == 8 else np.uint16
+    full = float(np.iinfo(dtype).max)
+    in_place = not colour and arr.dtype == np.uint16 and arr.flags.writeable
+    levels = arr if in_place else np.empty(arr.shape[:2], dtype)
+    for top in range(0, arr.shape[0], 1024):
+        band = arr[top:top + 1024]
+        band = _luminance(band) if colour else band.astype(np.float32)
+        band = np.rint(np.clip((band * slope + intercept - lo) / max(hi - lo, 1e-12), 0.0, 1.0) * full)
+        levels[top:top + 1024] = full - band if invert else band
+    del arr, band
     size = (levels.shape[1], levels.shape[0])
     target = _reduced(*size, max_side)
     if target:
         from PIL import Image
 
-        levels = np.asarray(Image.fromarray(levels).resize(target, Image.Resampling.BOX), dtype=np.uint16)
+        levels = np.asarray(Image.fromarray(levels).resize(target, Image.Resampling.BOX), dtype=levels.dtype)
     meta = {
         "format": "dicom",
         "transfer_syntax": str(ts) if ts else None,
@@ -293,6 +303,7 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int, max_side: int | None)
 
 
 def _luminance(arr: np.ndarray) -> np.ndarray:
-    """Colour DICOM to ITU-R 601 luminance, in the stored value range (pydicom returns YBR as RGB)."""
+    """Colour DICOM rows (H x W x 3) to ITU-R 601 luminance (float32 H x W), in the stored value range
+    (pydicom returns YBR as RGB)."""
     arr = arr.astype(np.float32)
     return 0.299 * arr[..., 0] + 0.587 * arr[..., 1] + 0.114 * arr[..., 2]

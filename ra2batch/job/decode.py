@@ -8,7 +8,8 @@ bytes each (``tables.pack_pixels``) beside their size (``tables.DECODED``).
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from ra2batch.job.config import JobConfig
 
 ID_NAMES = [f.name for f in ID_FIELDS]
+#: Most bytes of listed files a decode task or actor holds read ahead of its decoding.
+READ_AHEAD_BYTES = 256 * 2**20
 
 
 def _text(v: Any) -> str | None:
@@ -70,13 +73,26 @@ def _decode_one(out: dict[str, Any], data: bytes | None) -> dict[str, Any]:
 def decode_files(batch: pd.DataFrame, *, fs: pafs.FileSystem, read_threads: int = 8) -> pa.Table:
     """Read and decode a batch of listed files (``inputs.LISTING_COLUMNS``) into ``DECODED`` rows.
 
-    Up to ``read_threads`` files are read at once (object-store reads wait on the network, not the
-    CPU); decoding is serial.
+    Up to ``read_threads`` files are read ahead of the decoding (object-store reads wait on the
+    network, not the CPU), holding at most ``READ_AHEAD_BYTES`` of them (by their listed size; always
+    at least the next file); decoding is serial, and each file's bytes are let go once decoded.
     """
     records = batch.to_dict("records")
+    rows: list[dict[str, Any]] = []
+    ahead: deque[tuple[Future, int]] = deque()
+    held = 0
     with ThreadPoolExecutor(max(1, min(read_threads, len(records)))) as pool:
-        read = list(pool.map(lambda r: _read_one(fs, r), records))
-    return pa.Table.from_pylist([_decode_one(out, data) for out, data in read], schema=DECODED)
+        for record in [*records, None]:
+            size = 0 if record is None else int(0 if pd.isna(record["size_bytes"]) else record["size_bytes"])
+            while ahead and (record is None or len(ahead) >= read_threads or held + size > READ_AHEAD_BYTES):
+                future, n = ahead.popleft()
+                rows.append(_decode_one(*future.result()))
+                held -= n
+                del future
+            if record is not None:
+                ahead.append((pool.submit(_read_one, fs, record), size))
+                held += size
+    return pa.Table.from_pylist(rows, schema=DECODED)
 
 
 def even_blocks(items: int, size: int, workers: int) -> int:

@@ -172,7 +172,18 @@ class CanvasTransform(GeneralizedRCNNTransform):
     image is landscape (square if the batch mixes both). Batches of one orientation thus always have
     one shape (GPU kernels are chosen once; any batch size works), and a radiograph's detections do not
     depend on the size of its batch mates. Training batches keep torchvision's padding.
+
+    Images are normalised after the resize instead of before it (the same values: the bilinear
+    resize is linear and the normalisation affine per channel), so a grey 4096 x 4096 radiograph
+    is never expanded to three float channels at full size (200 MB) only to be shrunk.
     """
+
+    def normalize(self, image: torch.Tensor) -> torch.Tensor:
+        return image  # see resize
+
+    def resize(self, image: torch.Tensor, target: dict[str, torch.Tensor] | None = None):
+        image, target = super().resize(image, target)
+        return super().normalize(image), target
 
     def batch_images(self, images: list[torch.Tensor], size_divisible: int = 32) -> torch.Tensor:
         if self.training:
