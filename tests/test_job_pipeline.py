@@ -430,6 +430,29 @@ def test_ray_job_submit_scores_s3_archive_on_a_two_node_cluster(ray_cluster, s3_
     assert len(out["predictions"]) == 3 and not out["predictions"][list(catalogue.TEMPLATE_ORDER)].isna().any().any()
 
 
+def test_a_pool_leaves_its_jobs_a_cpu_and_reserves_none_on_a_one_cpu_cluster():
+    """A warm pool on a one-CPU cluster once held the CPU its jobs' tasks needed, and they waited forever."""
+    from ra2batch.job.model_pool import JOB_CPUS, pool_actor_cpus
+
+    assert pool_actor_cpus(1, 1) == 0.0
+    assert pool_actor_cpus(2, 2) == 0.5 and pool_actor_cpus(16, 16) == 0.93  # 15/16, rounded down
+    for cpus in (1, 1.5, 2, 3, 8, 64):
+        for actors in (1, 2, 8):
+            assert cpus - actors * pool_actor_cpus(cpus, actors) >= min(cpus, JOB_CPUS) - 1e-9
+
+
+def test_model_actors_the_cluster_could_never_start_are_refused(ray_local, tiny_bundle, tmp_path):
+    from ra2batch.job import score_archive
+    from ra2batch.job.config import JobConfig
+    from ra2batch.job.pipeline import JobInputError
+
+    write_archive(tmp_path / "archive", ["H1"])
+    with pytest.raises(JobInputError, match=r"a model actor needs 64 CPU and 0 GPU but this cluster has 2 CPU .* "
+                                            r"could never start"):
+        score_archive(str(tmp_path / "archive"), str(tmp_path / "out"), models=tiny_bundle,
+                      config=JobConfig(actor_cpus=64, model_pool="job"))
+
+
 def test_warm_model_pool_scores_what_the_jobs_own_actors_score(ray_local, tiny_bundle, tmp_path, monkeypatch):
     import os
     import signal

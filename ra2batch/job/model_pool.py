@@ -21,6 +21,7 @@ Pool actors restart when their process dies (``max_restarts=-1``) and their call
 from __future__ import annotations
 
 import functools
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -133,6 +134,12 @@ def unreserved(resources: dict[str, float], pools: list[Pool]) -> dict[str, floa
     return left
 
 
+def pool_actor_cpus(cluster_cpus: float, actors: int) -> float:
+    """CPUs each of a CPU-only pool's ``actors`` reserves by default: all but ``JOB_CPUS`` of the
+    cluster's, shared; none on a cluster of ``JOB_CPUS`` or fewer, or no job could run its own tasks."""
+    return max(0.0, math.floor((cluster_cpus - JOB_CPUS) / actors * 100) / 100)  # hundredths, rounded down
+
+
 def start_pool(models: str, storage_options: dict[str, Any] | None, version: str, config: JobConfig,
                progress=print) -> Pool:
     """Start (or find) the pool for the bundle at ``models``, sized like the job's model actors.
@@ -142,8 +149,9 @@ def start_pool(models: str, storage_options: dict[str, Any] | None, version: str
     together; with ``decode_in_actors`` (default: on pools without GPUs) they read and decode the
     files too. A CPU-only pool keeps one actor per CPU but, unless ``actor_cpus`` is given, reserves
     ``JOB_CPUS`` fewer CPUs than the cluster has: the jobs it serves need a CPU for their own tasks
-    (the shuffle and reduce stage), which run when the models are done. Blocks until every actor has
-    loaded the models.
+    (the shuffle and reduce stage), which run when the models are done; on a one-CPU cluster it
+    reserves none (the actor and the jobs' tasks take turns on that CPU). Blocks until every actor
+    has loaded the models, at most ``START_TIMEOUT_S``.
     """
     existing = running_pools().get(version)
     if existing:
@@ -154,7 +162,7 @@ def start_pool(models: str, storage_options: dict[str, Any] | None, version: str
     gpus = (cfg.detector_gpus or 0.0) + (0.0 if cfg.fuse_models else cfg.scorer_gpus or 0.0)
     if not gpus and config.actor_cpus is None:
         n = cfg.detector_actors or 1
-        cfg = cfg.model_copy(update={"actor_cpus": max(0.05, round((resources.get("CPU", 1.0) - JOB_CPUS) / n, 2))})
+        cfg = cfg.model_copy(update={"actor_cpus": pool_actor_cpus(resources.get("CPU", 1.0), n)})
     decodes = bool(cfg.decode_in_actors)
     source = ModelSource(models, storage_options, cfg.torch_threads or 1, gpus > 0)
     names = [f"{PREFIX}{version}-{i}" for i in range(cfg.detector_actors or 1)]

@@ -308,6 +308,16 @@ def _choose_pool(mode: str, version: str) -> tuple[Pool | None, dict[str, float]
     return pool, resources
 
 
+def _check_fits(cfg: JobConfig, resources: dict[str, float]) -> None:
+    """Refuse model actors (``cfg`` resolved) that this cluster could never start: Ray would wait forever."""
+    gpus = max(cfg.detector_gpus or 0.0, 0.0 if cfg.fuse_models else cfg.scorer_gpus or 0.0)  # the larger actor
+    cpus, have_cpus, have_gpus = cfg.actor_cpus or 0.0, resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    if cpus > have_cpus or gpus > have_gpus:
+        raise JobInputError(f"a model actor needs {cpus:g} CPU and {gpus:g} GPU but this cluster has {have_cpus:g} CPU "
+                            f"and {have_gpus:g} GPU for the job (`ray status`): it could never start; lower "
+                            "--actor-cpus / --detector-gpus / --scorer-gpus or use a larger cluster")
+
+
 def _crop_geometry(bundle: ModelBundle) -> str:
     """How each joint group's crops were cut (``models.crops.cut``), for the run manifest."""
     margin = bundle.preprocessing.crop_margin
@@ -383,6 +393,8 @@ def run_job(kind: str, input: str, output: str, *, models: str | None = None, ma
             if len(plan.files):
                 pool, resources = _choose_pool(config.model_pool, bundle.model_version)
                 cfg = config.resolved(resources, files=len(plan.files))
+                if pool is None:
+                    _check_fits(cfg, resources)
                 stream = _score(plan.files, resolve(input, storage_options).fs, models, model_options, cfg, pool)
                 actors = (f"the warm model pool ({len(pool.names)} actor(s))" if pool else
                           f"{cfg.detector_actors + (0 if cfg.fuse_models else cfg.scorer_actors)} job actor(s)")

@@ -1,0 +1,84 @@
+"""How the scoring job's throughput scales from one CPU to more, on a warm pool and with its own actors.
+
+    .venv/bin/python benchmarks/bench_scaling.py [--cpus 1 2] [--patients 20] [--repeats 3]
+
+The same archive (``--patients`` x 4 radiographs) is scored by the Ray Data job on a fresh local
+cluster of each ``--cpus`` size, once on a warm model pool started with the cluster and once with the
+job's own model actors (``bench_scoring.py``'s ``job`` workload: each run a fresh process, the
+cluster's start-up excluded, the figure from the run of median wall time). Reports radiographs/s
+(whole job) and the steady rate once the model actors are up, and each size's rate over the
+smallest's. Target (issue 19): 2 CPUs at least 1.8x the radiographs/s of 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_scoring import _warm_page_cache, measure, median_run, steady_throughput  # noqa: E402
+from materials import cached_archive, choose_bundle  # noqa: E402
+from workloads import Spec  # noqa: E402
+
+TARGET = 1.8
+POOLS = {"warm": "warm model pool", "job": "job's own actors"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cpus", type=int, nargs="+", default=[1, 2], help="cluster sizes to run (CPUs)")
+    p.add_argument("--patients", type=int, default=20, help="patients (4 radiographs each) scored in every run")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each kind; the median wall time is kept")
+    p.add_argument("--models", help="model bundle (default: the built-in demo bundle)")
+    p.add_argument("--cache", type=Path, default=HERE / ".cache", help="where the archive is cached")
+    p.add_argument("--json", type=Path, default=HERE / "scaling-results.json", help="where to write the figures")
+    args = p.parse_args(argv)
+    if min(args.cpus) < 1 or args.patients < 1 or args.repeats < 1:
+        p.error("--cpus, --patients and --repeats must be at least 1")
+    args.cache.mkdir(parents=True, exist_ok=True)
+    archive = cached_archive(args.cache, args.patients, 0, 0.5)
+    models, description = choose_bundle(args.models, "demo", args.cache)
+    files = archive.files(args.patients)
+    _warm_page_cache(files)
+    runs: dict[str, dict[int, dict[str, Any]]] = {pool: {} for pool in POOLS}
+    with tempfile.TemporaryDirectory(prefix="ra2scale-") as scratch:
+        for cpus in sorted(args.cpus):
+            for pool in POOLS:
+                spec = Spec(kind="job", input=str(archive.root / "images"), files=files, models=models, threads=1,
+                            cpus=cpus, job_config={"model_pool": pool})
+                tries = [measure(spec, f"{pool}-{cpus}-{i}", Path(scratch), 0.5) for i in range(args.repeats)]
+                run = median_run(tries)
+                runs[pool][cpus] = {k: run[k] for k in ("wall_s", "radiographs_per_second", "startup_s", "models_up_s",
+                                                        "model_actors", "config", "repeats", "joints")}
+                runs[pool][cpus]["steady_radiographs_per_second"] = steady_throughput(run)
+                print(f"{POOLS[pool]:>17}, {cpus} CPU(s): {run['radiographs_per_second']:.2f} radiographs/s "
+                      f"({len(files)} in {run['wall_s']:.1f} s; walls {[round(t['wall_s'], 1) for t in run['repeats']]})",
+                      flush=True)
+    base = min(args.cpus)
+    scaling = {}
+    for pool, by_cpus in runs.items():
+        for cpus, run in by_cpus.items():
+            if cpus == base:
+                continue
+            ratio = run["radiographs_per_second"] / by_cpus[base]["radiographs_per_second"]
+            scaling[f"{pool} {cpus}/{base}"] = {"value": round(ratio, 3), "target": f">= {TARGET}" if (base, cpus) == (1, 2)
+                                                else None, "met": ratio >= TARGET if (base, cpus) == (1, 2) else None}
+            print(f"{POOLS[pool]}: {cpus} CPUs / {base}: {ratio:.2f}x radiographs/s"
+                  + (f" (target {TARGET}x: {'met' if ratio >= TARGET else 'NOT met'})" if (base, cpus) == (1, 2) else ""))
+    result = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
+              "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "bundle": description,
+              "radiographs": len(files), "runs": runs, "scaling": scaling}
+    args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(f"figures: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
