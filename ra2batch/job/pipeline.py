@@ -70,8 +70,9 @@ from ra2batch.storage import resolve
 DEMO_BUNDLE = Path(__file__).resolve().parent.parent / "demo_bundle"
 #: Shuffle partitions of the reduce stage, at most (each holds one or more buckets).
 MAX_PARTITIONS = 1024
-#: Model-stage blocks per input block of the reduce stage's shuffle (see ``_coalesced``).
+#: Model-stage blocks per input block of the reduce stage's shuffle, and its bytes, at most (``_coalesced``).
 COALESCE_BLOCKS = 32
+COALESCE_BYTES = 64 * 2**20
 
 
 class JobError(RuntimeError):
@@ -255,20 +256,26 @@ def _concat(bounds: list[tuple[int, int] | None], *blocks: Any) -> pa.Table:
 
 
 def _coalesced(rows: ray.data.Dataset) -> ray.data.Dataset:
-    """``rows`` (executed: the model stage runs here) in blocks of ``COALESCE_BLOCKS`` of its own.
+    """``rows`` (executed: the model stage runs here) with its small blocks concatenated, up to
+    ``COALESCE_BLOCKS`` blocks or ``COALESCE_BYTES`` a block.
 
     The model stage emits a block per call of about ``files_per_decode_task`` files, and Ray Data's
     shuffle runs a task per input block, at about 0.15 s each on 2 busy cores: 100 blocks cost 17-20
     s of an 800-radiograph job, three times what the models left. The driver holds references only.
     """
-    refs, bounds = [], []
+    groups: list[list[tuple[ray.ObjectRef, tuple[int, int] | None]]] = [[]]
+    size = 0
     for bundle in rows.iter_internal_ref_bundles():
         for entry, piece in zip(bundle.blocks, bundle.slices):
-            refs.append(entry.ref)
-            bounds.append(None if piece is None else (piece.start_offset, piece.end_offset))
-    step = COALESCE_BLOCKS
-    return ray.data.from_arrow_refs([_concat.remote(bounds[i:i + step], *refs[i:i + step])
-                                     for i in range(0, len(refs), step)] or [ray.put(REDUCE.empty_table())])
+            n = entry.metadata.size_bytes or 0
+            if groups[-1] and (len(groups[-1]) >= COALESCE_BLOCKS or size + n > COALESCE_BYTES):
+                groups.append([])
+                size = 0
+            groups[-1].append((entry.ref, None if piece is None else (piece.start_offset, piece.end_offset)))
+            size += n
+    refs = [g[0][0] if len(g) == 1 and g[0][1] is None else _concat.remote([b for _, b in g], *[r for r, _ in g])
+            for g in groups if g]
+    return ray.data.from_arrow_refs(refs or [ray.put(REDUCE.empty_table())])
 
 
 def reduce_and_write(stream: ray.data.Dataset | None, plan: RunPlan, reduce: ReducePlan) -> Totals:
