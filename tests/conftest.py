@@ -114,7 +114,8 @@ def ray_local(tmp_path_factory):
     session's tests."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(tmp_path_factory.mktemp("ray")),
+    # address="local": never the cluster another process recorded on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=str(tmp_path_factory.mktemp("ray")),
              log_to_driver=False)
     yield ray
     ray.shutdown()
