@@ -21,7 +21,7 @@ def _joints(path, pid, limb, skip_crops=(), value=1.0, visit=None):
     """Joint rows of one radiograph as the model stages emit them, minus the crop classes ``skip_crops``."""
     rows = [(pid, visit, limb, path, j.column, value, j.crop) for j in catalogue.joints_for(limb=limb)
             if j.crop not in skip_crops]
-    return pd.DataFrame(rows, columns=["Patient_ID", "visit", "limb", "path", "column", "score", "crop_class"])
+    return pd.DataFrame(rows, columns=["Patient_ID", "visit", "limb", "path", "joint", "score", "crop_class"])
 
 
 def test_the_first_readable_duplicate_is_chosen_and_the_choice_is_stated():
@@ -87,7 +87,7 @@ def test_visits_are_separate_patient_rows_and_a_predictions_column():
 def test_joints_flagged_by_test_time_augmentation_are_listed_for_review():
     images, _ = _images(*[(f"/{limb}.jpg", "P3", None, limb, "ok") for limb in catalogue.LIMBS])
     joints = pd.concat([_joints(f"/{limb}.jpg", "P3", limb) for limb in catalogue.LIMBS], ignore_index=True)
-    joints["review"] = joints["column"].isin(["RF_mtp_E__3", "LH_wrist_J__mna"])
+    joints["review"] = joints["joint"].isin(["RF_mtp_E__3", "LH_wrist_J__mna"])
     (row,) = assemble_patients(images, joints).to_dict("records")
     assert row["qc_flags"] == ["review:LH_wrist_J__mna", "review:RF_mtp_E__3"]
 

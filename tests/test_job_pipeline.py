@@ -119,7 +119,7 @@ def read_outputs(loc) -> dict[str, pd.DataFrame]:
     from ra2batch.output import open_output
 
     snapshot = open_output(loc.uri, loc.options or None)
-    order = {"images": ["path"], "joints": ["Patient_ID", "visit", "limb", "column"],
+    order = {"images": ["path"], "joints": ["Patient_ID", "visit", "limb", "joint"],
              "patients": ["Patient_ID", "visit"], "catalogue": ["path"]}
     out = {name: snapshot.to_pandas(name).sort_values(keys, ignore_index=True) for name, keys in order.items()}
     with loc.fs.open_input_stream(loc.join("predictions.csv")) as f:
@@ -264,11 +264,11 @@ def test_s3_archive_with_bad_files_is_fully_accounted(ray_local, s3_bucket, no_f
     assert images.loc[f"{source}/P1-LH.jpg", "chosen"] and not images.loc[f"{source}/zcopies/P1-LH.jpg", "chosen"]
     assert any("zcopies/P1-LH.jpg" in m for m in summary.duplicates)
 
-    # joints: only from chosen files, one row per (patient, column), none for undetected feet
+    # joints: only from chosen files, one row per (patient, joint), none for undetected feet
     joints = out["joints"]
-    assert not joints.duplicated(["Patient_ID", "visit", "column"]).any()
+    assert not joints.duplicated(["Patient_ID", "visit", "joint"]).any()
     assert set(joints["path"]) == {f"{source}/{r}" for r in ("P1-LH.jpg", "P1-RH.jpg", "P2-LH.jpg", "P2-RH.jpeg")}
-    assert len(joints) == 4 * 31 and (joints["column"].str[:2] == joints["limb"]).all()
+    assert len(joints) == 4 * 31 and (joints["joint"].str[:2] == joints["limb"]).all()
     assert (joints["score"] >= 0).all()
     assert (joints["attention"].map(len) == joints["attention_h"] * joints["attention_w"]).all()
 
@@ -349,7 +349,7 @@ def test_rerun_replaces_outputs_with_the_same_rows(ray_local, tiny_bundle, tmp_p
     joints = after["joints"]
     assert (joints["uncertainty"] >= 0).all() and joints["uncertainty"].notna().all()
     assert (joints["review"] == (joints["uncertainty"] > JobConfig().review_threshold)).all()
-    flagged = {f"review:{c}" for c in joints.loc[joints["review"], "column"]}
+    flagged = {f"review:{c}" for c in joints.loc[joints["review"], "joint"]}
     assert flagged == {f for flags in after["patients"]["qc_flags"] for f in flags if f.startswith("review:")}
 
 
@@ -395,7 +395,7 @@ def test_model_actor_killed_mid_run_is_replaced_and_outputs_are_complete(ray_loc
     summary = result["summary"]
     out = read_outputs(resolve(str(tmp_path / "out")))
     assert summary.files == len(out["images"]) == 32 and summary.images_error == 0
-    assert len(out["joints"]) == 8 * 86 and not out["joints"].duplicated(["Patient_ID", "column"]).any()
+    assert len(out["joints"]) == 8 * 86 and not out["joints"].duplicated(["Patient_ID", "joint"]).any()
     assert sorted(out["patients"]["Patient_ID"]) == patients
     assert out["patients"][list(catalogue.COLUMNS)].notna().all().all()
 
@@ -426,7 +426,7 @@ def test_ray_job_submit_scores_s3_archive_on_a_two_node_cluster(ray_cluster, s3_
     out = read_outputs(s3_bucket.location("scores"))
     assert len(out["images"]) == 9 and (out["images"]["status"] == "error").sum() == 1
     assert sorted(out["patients"]["Patient_ID"]) == ["C1", "C2", "C3"]
-    assert len(out["joints"]) == 2 * 86 and not out["joints"].duplicated(["Patient_ID", "column"]).any()
+    assert len(out["joints"]) == 2 * 86 and not out["joints"].duplicated(["Patient_ID", "joint"]).any()
     assert len(out["predictions"]) == 3 and not out["predictions"][list(catalogue.TEMPLATE_ORDER)].isna().any().any()
 
 

@@ -115,7 +115,7 @@ def test_second_run_scores_nothing_and_three_new_images_rebuild_three_patients(
     images = _table(s3_bucket, "images")
     assert len(images) == 400 and images["path"].is_unique
     joints = _table(s3_bucket, "joints")
-    assert not joints.duplicated(["path", "column"]).any()
+    assert not joints.duplicated(["path", "joint"]).any()
     catalogue = _table(s3_bucket, "catalogue")
     assert len(catalogue) == 400 and set(catalogue["status"]) == {"ok"}
     runs = _table(s3_bucket, "runs").sort_values("version")

@@ -269,3 +269,20 @@ def test_earlier_versions_stay_readable(tmp_path):
     # every commit names its run and model version
     history = open_output(out).table("images").history()
     assert {h["ra2batch.output_version"] for h in history if "ra2batch.output_version" in h} == {"1", "2"}
+
+
+def test_an_output_written_with_the_old_joints_field_name_is_refused_in_one_line(tmp_path, monkeypatch):
+    """Outputs of ra2batch 0.1 named the joints table's RA2 column ``column``; reading one says what to do."""
+    import pyarrow as pa
+
+    from ra2batch.output import OutputError, open_output
+    from ra2batch.output import schema
+    from tests.helpers import write_output
+
+    old = schema.JOINTS.set(schema.JOINTS.get_field_index("joint"), pa.field("column", pa.string()))
+    monkeypatch.setitem(schema.TABLES, "joints", schema.Table("joints", old, ("path", "column")))
+    out = write_output(str(tmp_path / "out"), {"joints": pd.DataFrame(
+        [{"path": "/a/P1-LH.jpg", "Patient_ID": "P1", "limb": "LH", "column": "LH_mcp_E__2", "score": 1.0}])})
+    monkeypatch.undo()
+    with pytest.raises(OutputError, match="field `column` .* is now `joint`: score the images again"):
+        open_output(out).read("joints")

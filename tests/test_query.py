@@ -71,7 +71,7 @@ def _tables(rows: dict[tuple[str, str | None], dict[str, float]], version: str) 
             if np.isnan(v):
                 continue
             j = catalogue.BY_COLUMN[c]
-            joints.append({ID_COLUMN: pid, "visit": visit, "limb": j.limb, "column": c, "damage": j.damage,
+            joints.append({ID_COLUMN: pid, "visit": visit, "limb": j.limb, "joint": c, "damage": j.damage,
                            "score": v, "crop_class": j.crop, "group": f"{j.crop}_{j.damage}",
                            "box_x0": 1.0, "box_y0": 2.0, "box_x1": 30.0, "box_y1": 40.0, "detector_score": 0.9,
                            "attention": np.full(4, 0.25, np.float32), "attention_h": 2, "attention_w": 2,
@@ -183,9 +183,9 @@ def test_progression_orders_visits_and_flags_the_sdc(cohort):
 
 def test_prevalence_per_joint(cohort):
     j = cohort["v1"]["joints"]
-    got = prevalence(open_results(cohort["a"]), min_score=1.0).set_index("column")
+    got = prevalence(open_results(cohort["a"]), min_score=1.0).set_index("joint")
     assert list(got.index) == list(COLUMNS)  # catalogue order, every joint listed
-    g = j.groupby("column")["score"]
+    g = j.groupby("joint")["score"]
     want = pd.DataFrame({"n_scored": g.count(), "n_damaged": g.apply(lambda s: int((s >= 1).sum())),
                          "mean_score": g.mean()})
     want["prevalence"] = want["n_damaged"] / want["n_scored"]
@@ -199,10 +199,10 @@ def test_prevalence_per_joint(cohort):
 
 def test_compare_two_model_versions_on_the_same_images(cohort):
     res = open_results([cohort["a"], cohort["b"]])
-    got = compare(res).set_index("column")  # versions taken oldest first: v1, then v2
-    pair = cohort["v1"]["joints"].merge(cohort["v2"]["joints"], on=["path", "column"], suffixes=("_a", "_b"))
+    got = compare(res).set_index("joint")  # versions taken oldest first: v1, then v2
+    pair = cohort["v1"]["joints"].merge(cohort["v2"]["joints"], on=["path", "joint"], suffixes=("_a", "_b"))
     diff = pair["score_b"] - pair["score_a"]
-    per = pair.assign(d=diff, ad=diff.abs()).groupby("column")
+    per = pair.assign(d=diff, ad=diff.abs()).groupby("joint")
     assert set(got.index) == set(per.groups) | {"ALL"}
     cols = list(per.groups)
     np.testing.assert_array_equal(got.loc[cols, "n"], per.size()[cols])
@@ -213,7 +213,7 @@ def test_compare_two_model_versions_on_the_same_images(cohort):
     assert overall["mean_abs_diff"] == pytest.approx(diff.abs().mean())
     assert overall["max_abs_diff"] == pytest.approx(diff.abs().max())
     assert overall["corr"] == pytest.approx(pair["score_a"].corr(pair["score_b"]))
-    swapped = compare(res, a="v2", b="v1").set_index("column")
+    swapped = compare(res, a="v2", b="v1").set_index("joint")
     assert swapped.loc["ALL", "mean_diff"] == pytest.approx(-overall["mean_diff"])
 
 
@@ -313,4 +313,4 @@ def test_results_on_s3_are_read_in_place(cohort, s3_bucket):
     options = json.dumps(s3_bucket.options)
     assert _cli("--results", remote, "--storage-options", options, "prevalence", "--out", out) == 0
     written = pd.read_csv(io.BytesIO(s3_bucket.location("reports", "prevalence.csv").read_bytes()))
-    assert list(written["column"]) == list(COLUMNS)
+    assert list(written["joint"]) == list(COLUMNS)

@@ -81,7 +81,7 @@ def _write_output(root: Path, *, with_uncertainty: bool = True, listed_as: str |
             for k, column in enumerate(group.columns(limb, crop)):
                 top = catalogue.BY_COLUMN[column].max_score
                 joints.append({
-                    ID_COLUMN: pid, "visit": None, "limb": limb, "column": column, "damage": group.damage,
+                    ID_COLUMN: pid, "visit": None, "limb": limb, "joint": column, "damage": group.damage,
                     "score": top * (0.2 + 0.3 * k), "crop_class": crop, "group": group.name,
                     "box_x0": box[0], "box_y0": box[1], "box_x1": box[2], "box_y1": box[3],
                     "detector_score": det, "attention": att.ravel().tolist(), "attention_h": side,

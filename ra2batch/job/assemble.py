@@ -88,7 +88,7 @@ def assemble_patients(images: pd.DataFrame, joints: pd.DataFrame) -> pd.DataFram
     """
     files = _keyed(images[images[ID_COLUMN].notna()])
     used = _keyed(joints[joints["path"].isin(files.loc[files["chosen"], "path"])])
-    scores = used.pivot_table(index=[ID_COLUMN, "_visit"], columns="column", values="score", aggfunc="first")
+    scores = used.pivot_table(index=[ID_COLUMN, "_visit"], columns="joint", values="score", aggfunc="first")
     scores = dict(zip(scores.index, scores.reindex(columns=list(COLUMNS)).to_numpy(float)))
     statuses = files.groupby(_LIMB_KEY)["status"].agg(list).to_dict()
     chosen = set(files.loc[files["chosen"], _LIMB_KEY].itertuples(index=False, name=None))
@@ -97,8 +97,8 @@ def assemble_patients(images: pd.DataFrame, joints: pd.DataFrame) -> pd.DataFram
         found.setdefault(tuple(limb_key), set()).add(crop_class)
     review: dict[tuple[str, str], list[str]] = {}
     if "review" in used.columns:
-        flagged = used[used["review"].fillna(False).astype(bool)].sort_values("column")
-        for pid, visit, column in flagged[[ID_COLUMN, "_visit", "column"]].itertuples(index=False):
+        flagged = used[used["review"].fillna(False).astype(bool)].sort_values("joint")
+        for pid, visit, column in flagged[[ID_COLUMN, "_visit", "joint"]].itertuples(index=False):
             review.setdefault((pid, visit), []).append(f"review:{column}")
     empty = np.full(len(COLUMNS), np.nan)
     rows = []

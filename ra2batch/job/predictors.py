@@ -164,7 +164,7 @@ class JointScorer:
                     m = meta[i]
                     for column, value, u in zip(group.columns(m["limb"], m["crop_class"]), sc, unc):
                         top = catalogue.BY_COLUMN[column].max_score
-                        rows.append({**m, "record": "joint", "column": column,
+                        rows.append({**m, "record": "joint", "joint": column,
                                      "damage": group.damage, "score": float(np.clip(value, 0.0, top)),
                                      "attention": att.ravel().tolist(), "attention_h": int(att.shape[0]),
                                      "attention_w": int(att.shape[1]), "uncertainty": float(u),

@@ -154,7 +154,7 @@ def reduce_bucket(rows: pa.Table, plan: ReducePlan) -> pa.Table:
     kept_joints = old_joints.filter(pc.and_(of_patients(old_joints), pc.invert(_isin(old_joints["path"], replaced))))
     joints = pa.concat_tables([kept_joints, _with_run(new_joints, plan, JOINTS, bucket)])
     joints = joints.filter(_isin(joints["path"], set(images.loc[images["chosen"], "path"])))
-    keys = joints.select([ID_COLUMN, "visit", "limb", "path", "column", "score", "crop_class", "review"]).to_pandas()
+    keys = joints.select([ID_COLUMN, "visit", "limb", "path", "joint", "score", "crop_class", "review"]).to_pandas()
 
     # patients: rebuilt whole from their images and joints
     patients = assemble_patients(images, keys)
@@ -175,7 +175,7 @@ def reduce_bucket(rows: pa.Table, plan: ReducePlan) -> pa.Table:
 
     actions = [
         *current.replace(TABLES["images"], of_patients, images_out, ["path"]),
-        *current.replace(TABLES["joints"], of_patients, joints, [ID_COLUMN, "visit", "limb", "column"]),
+        *current.replace(TABLES["joints"], of_patients, joints, [ID_COLUMN, "visit", "limb", "joint"]),
         *current.replace(TABLES["patients"], lambda t: _isin(_key(t), affected), patients_out, [ID_COLUMN, "visit"]),
         *current.replace(TABLES["catalogue"], lambda t: _isin(t["path"], replaced), catalogue, ["path"]),
     ]

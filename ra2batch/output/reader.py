@@ -60,6 +60,9 @@ class Snapshot:
                               f"{self.version}): {str(e).splitlines()[0]}") from e
         if table is None:
             raise OutputError(f"{self.out.uri_of(name)} is missing: the output at {self.out.uri} is damaged")
+        if name == "joints" and "column" in {f.name for f in table.schema().fields}:
+            raise OutputError(f"{self.out.uri_of(name)} was written by ra2batch 0.1, whose joints field `column` "
+                              "(a reserved word in SQL) is now `joint`: score the images again into a new --output")
         return table
 
     def dataset(self, name: str) -> pads.Dataset:

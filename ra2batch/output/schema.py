@@ -40,7 +40,7 @@ BOX_FIELDS = [
 
 #: One joint's prediction and the attention map it came with.
 JOINT_FIELDS = [
-    pa.field("column", pa.string()), pa.field("damage", pa.string()), pa.field("score", pa.float64()),
+    pa.field("joint", pa.string()), pa.field("damage", pa.string()), pa.field("score", pa.float64()),
     pa.field("attention", pa.list_(pa.float32())),
     pa.field("attention_h", pa.int64()), pa.field("attention_w", pa.int64()),
     pa.field("uncertainty", pa.float64()), pa.field("review", pa.bool_()),
@@ -59,7 +59,7 @@ IMAGES = pa.schema(
     + RUN_FIELDS + [_BUCKET_FIELD]
 )
 JOINTS = pa.schema(
-    ID_FIELDS[1:] + [_joint("column"), _joint("damage"), _joint("score")] + BOX_FIELDS
+    ID_FIELDS[1:] + [_joint("joint"), _joint("damage"), _joint("score")] + BOX_FIELDS
     + [_joint("attention"), _joint("attention_h"), _joint("attention_w"), _joint("uncertainty"), _joint("review")]
     + [ID_FIELDS[0]] + RUN_FIELDS + [_BUCKET_FIELD]
 )
@@ -94,7 +94,7 @@ class Table:
 #: The bucketed tables, in the order a run commits them.
 TABLES: dict[str, Table] = {t.name: t for t in (
     Table("images", IMAGES, ("path",)),
-    Table("joints", JOINTS, ("path", "column")),
+    Table("joints", JOINTS, ("path", "joint")),
     Table("patients", PATIENTS, (ID_COLUMN, "visit")),
     Table("catalogue", CATALOGUE, ("path",)),
 )}

@@ -180,18 +180,18 @@ def progression(
 def prevalence(res: Results, min_score: float = 1.0) -> pd.DataFrame:
     """Per RA2 joint, the share of scored patient rows whose predicted score is at least ``min_score``.
 
-    Columns: ``column, limb, site, damage, n_scored, n_damaged, prevalence, mean_score``, in
+    Columns: ``joint, limb, site, damage, n_scored, n_damaged, prevalence, mean_score``, in
     catalogue order; a joint never found anywhere has ``n_scored`` 0.
     """
     res.require_one_version()
     return res.sql(f"""
-        SELECT c."column", c.limb, c.site, c.damage,
+        SELECT c.joint, c.limb, c.site, c.damage,
                count(j.score) AS n_scored,
                count(j.score) FILTER (WHERE j.score >= ?) AS n_damaged,
                n_damaged / nullif(n_scored, 0) AS prevalence,
                avg(j.score) AS mean_score
-        FROM catalogue c LEFT JOIN joints j ON j."column" = c."column" AND {_present('j.score')}
-        GROUP BY c.position, c."column", c.limb, c.site, c.damage ORDER BY c.position
+        FROM catalogue c LEFT JOIN joints j ON j.joint = c.joint AND {_present('j.score')}
+        GROUP BY c.position, c.joint, c.limb, c.site, c.damage ORDER BY c.position
     """, [float(min_score)])
 
 
@@ -199,8 +199,8 @@ def compare(res: Results, a: str | None = None, b: str | None = None) -> pd.Data
     """Joint scores of model versions ``a`` and ``b`` on the same images, per RA2 column and overall.
 
     Images are matched by ``content_hash`` (the bytes, wherever the file lives), joints by RA2
-    column. Columns: ``column, n, mean_a, mean_b, mean_diff`` (b - a), ``mean_abs_diff,
-    max_abs_diff, corr`` (Pearson); the first row, ``column = 'ALL'``, pools every joint. With ``a``
+    column. Columns: ``joint, n, mean_a, mean_b, mean_diff`` (b - a), ``mean_abs_diff,
+    max_abs_diff, corr`` (Pearson); the first row, ``joint = 'ALL'``, pools every joint. With ``a``
     and ``b`` left out the results must hold exactly two versions, taken oldest first.
     """
     versions = res.model_versions("joints")
@@ -216,23 +216,23 @@ def compare(res: Results, a: str | None = None, b: str | None = None) -> pd.Data
             raise QueryError(f"model version {v!r} ({name}) is not in the results; they hold {', '.join(versions)}")
     pairs = f"""
         WITH per_version AS (
-            SELECT j.model_version, i.content_hash, j."column", avg(j.score) AS score
+            SELECT j.model_version, i.content_hash, j.joint, avg(j.score) AS score
             FROM joints j JOIN images i ON i.path = j.path AND i.model_version = j.model_version
             WHERE j.model_version IN (?, ?) AND {_present('j.score')}
             GROUP BY ALL),
         pairs AS (
-            SELECT x."column", x.score AS sa, y.score AS sb
-            FROM per_version x JOIN per_version y USING (content_hash, "column")
+            SELECT x.joint, x.score AS sa, y.score AS sb
+            FROM per_version x JOIN per_version y USING (content_hash, joint)
             WHERE x.model_version = ? AND y.model_version = ?)
     """
     stats = """count(*) AS n, avg(sa) AS mean_a, avg(sb) AS mean_b, avg(sb - sa) AS mean_diff,
                avg(abs(sb - sa)) AS mean_abs_diff, max(abs(sb - sa)) AS max_abs_diff, corr(sa, sb) AS corr"""
     df = res.sql(f"""{pairs}
         SELECT * FROM (
-            SELECT p."column", {stats}, min(c.position) AS _order
-            FROM pairs p JOIN catalogue c USING ("column") GROUP BY p."column"
+            SELECT p.joint, {stats}, min(c.position) AS _order
+            FROM pairs p JOIN catalogue c USING (joint) GROUP BY p.joint
             UNION ALL
-            SELECT 'ALL' AS "column", {stats}, -1 AS _order FROM pairs)
+            SELECT 'ALL' AS joint, {stats}, -1 AS _order FROM pairs)
         WHERE n > 0 ORDER BY _order
     """, [a, b, a, b])
     if df.empty:

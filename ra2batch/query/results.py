@@ -45,7 +45,7 @@ def _catalogue_frame() -> pd.DataFrame:
     return pd.DataFrame(
         [(i, j.column, j.limb, j.site, j.number, j.damage, j.max_score, j.crop)
          for i, j in enumerate(catalogue.JOINTS)],
-        columns=["position", "column", "limb", "site", "number", "damage", "max_score", "crop"],
+        columns=["position", "joint", "limb", "site", "number", "damage", "max_score", "crop"],
     )
 
 

@@ -140,7 +140,7 @@ def _page(title: str, body: str, script: str = "") -> str:
 
 
 def _score_charts(joints: pd.DataFrame) -> str:
-    marks = {r.column: charts.JointMark(float(r.score), float(r.uncertainty), bool(r.review))
+    marks = {r.joint: charts.JointMark(float(r.score), float(r.uncertainty), bool(r.review))
              for r in joints.itertuples()}
     rows = []
     for damage, name in (("E", "Erosion"), ("J", "Joint-space narrowing")):
@@ -184,7 +184,7 @@ def _joint_caption(rows: pd.DataFrame) -> str:
     for r in rows.itertuples():
         unc = "" if math.isnan(r.uncertainty) else f" (Δflip {r.uncertainty:.2f})"
         flag = ' <b class="review-mark">review</b>' if r.review else ""
-        lines.append(f"{escape(r.column)}: {r.score:.2f}{unc}{flag}")
+        lines.append(f"{escape(r.joint)}: {r.score:.2f}{unc}{flag}")
     return "<br>".join(lines)
 
 
@@ -225,7 +225,7 @@ def _crops(joints: pd.DataFrame, key: str, folder: Path, pictures: _Radiographs,
         limb_rows = joints[joints["limb"] == limb]
         if limb_rows.empty:
             continue
-        figures = [_crop_figure(limb, rows.sort_values("column", key=lambda c: c.map(order)), key, folder,
+        figures = [_crop_figure(limb, rows.sort_values("joint", key=lambda c: c.map(order)), key, folder,
                                 pictures, geometry)
                    for _, rows in limb_rows.groupby(["crop_class", "group"], sort=True)]
         sections.append(f'<h3>{limb}</h3><div class="crops">{"".join(figures)}</div>')
@@ -249,7 +249,7 @@ def _review_table(joints: pd.DataFrame) -> str:
     flagged = joints[joints["review"]]
     if flagged.empty:
         return ""
-    rows = "".join(f"<tr><td>{escape(r.column)}</td><td>{r.score:.2f}</td><td>{_fmt(r.uncertainty, 2)}</td></tr>"
+    rows = "".join(f"<tr><td>{escape(r.joint)}</td><td>{r.score:.2f}</td><td>{_fmt(r.uncertainty, 2)}</td></tr>"
                    for r in flagged.sort_values("uncertainty", ascending=False).itertuples())
     return ('<section class="review-list"><h2>Joints flagged for review</h2><p class="note">The prediction '
             "changed by more than the job's threshold when the crop was flipped left-right.</p>"
