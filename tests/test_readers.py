@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
 from ra2batch.imaging.readers import ImageDecodeError, decode
@@ -96,6 +97,67 @@ def test_dicom_monochrome1_is_inverted_and_rescale_applied():
     np.testing.assert_allclose(mono1.pixels, stored / 4095.0, atol=HALF_LEVEL)  # bone bright again
     rescaled = decode(_save(_dicom(stored, bits=12, slope="2", intercept="-1000")), "r.dcm")
     np.testing.assert_allclose(rescaled.pixels, stored / 4095.0, atol=HALF_LEVEL)  # linear rescale keeps [0, 1]
+
+
+def _windowed(ds: Dataset, stored: np.ndarray) -> np.ndarray:
+    """``stored`` as pydicom windows it (modality LUT, then VOI LUT or window), in [0, 1] of the VOI's
+    output range (pydicom's own y_min..y_max for a window, the LUT's first..last entry for a LUT)."""
+    values = apply_voi_lut(apply_modality_lut(stored, ds), ds)
+    if "VOILUTSequence" in ds:
+        lut = np.frombuffer(ds.VOILUTSequence[0].LUTData, "<u2")
+        low, high = float(lut[0]), float(lut[-1])
+    else:
+        low, high = apply_modality_lut(np.array([0, 2 ** ds.BitsStored - 1]), ds)
+    return (values - low) / (high - low)
+
+
+@pytest.mark.parametrize("rescale", [None, ("2", "-1000")], ids=["stored", "rescaled"])
+def test_dicom_window_applied_as_pydicom_windows(rescale):
+    stored = np.round(RAMP * 4095).astype(np.uint16)
+    slope, intercept = rescale or (None, None)
+    ds = _dicom(stored, bits=12, slope=slope, intercept=intercept)
+    centre = 2048 if rescale is None else 2048 * 2 - 1000
+    ds.WindowCenter, ds.WindowWidth = [centre, 1], [1024 * (2 if rescale else 1), 1]  # the first of two is used
+    rad = decode(_save(ds), "windowed.dcm")
+    expected = _windowed(ds, stored)
+    np.testing.assert_allclose(rad.pixels, expected, atol=HALF_LEVEL)
+    assert rad.meta["voi"] == "window"
+    below, above = stored < 1536, stored > 2560
+    assert below.any() and above.any() and (rad.pixels[below] == 0).all() and (rad.pixels[above] == 1).all()
+    assert 0.05 < rad.pixels[~below & ~above].mean() < 0.95  # a ramp inside the window
+
+
+def test_dicom_voi_lut_sequence_applied_before_a_window():
+    stored = np.round(RAMP * 4095).astype(np.uint16)
+    ds = _dicom(stored, bits=12)
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 16]
+    item.LUTData = np.round(65535 * np.sqrt(np.arange(4096) / 4095)).astype("<u2").tobytes()  # a gamma curve
+    ds.VOILUTSequence = [item]
+    ds.WindowCenter, ds.WindowWidth = 100, 10  # ignored: pydicom prefers the LUT
+    rad = decode(_save(ds), "lut.dcm")
+    assert rad.meta["voi"] == "lut"
+    np.testing.assert_allclose(rad.pixels, _windowed(ds, stored), atol=HALF_LEVEL)
+    np.testing.assert_allclose(rad.pixels, np.sqrt(stored / 4095), atol=1e-4)
+
+
+def test_dicom_monochrome1_windowed_then_inverted():
+    stored = np.round(RAMP * 4095).astype(np.uint16)
+    ds = _dicom(4095 - stored, bits=12, photometric="MONOCHROME1")
+    ds.WindowCenter, ds.WindowWidth = 2048, 1024
+    rad = decode(_save(ds), "m1w.dcm")
+    np.testing.assert_allclose(rad.pixels, 1 - _windowed(ds, 4095 - stored), atol=HALF_LEVEL)
+    assert rad.pixels[:, 0].max() == 0 and rad.pixels[:, -1].min() == 1  # bone (low MONOCHROME1 values) bright
+
+
+def test_dicom_window_pydicom_cannot_apply_falls_back_to_the_stored_range():
+    stored = np.round(RAMP * 4095).astype(np.uint16)
+    ds = _dicom(stored, bits=12)
+    ds.WindowCenter, ds.WindowWidth = 2048, 0  # LINEAR needs a width of at least 1
+    rad = decode(_save(ds), "badwindow.dcm")
+    np.testing.assert_allclose(rad.pixels, stored / 4095.0, atol=HALF_LEVEL)
+    assert rad.meta["voi"].startswith("window not applied (ValueError: The (0028,1051) Window Width")
+    assert decode(_save(_dicom(stored, bits=12)), "plain.dcm").meta["voi"] is None
 
 
 def test_dicom_recognised_by_preamble_without_suffix():

@@ -8,6 +8,13 @@ pixel is decoded; blank or uniform images; a JPEG whose data ends before the siz
 (the decoder fills the rest). DICOM identifying attributes (PatientName, PatientID, birth date,
 accession number...) never leave this module.
 
+DICOM grey values are displayed as the file says, by pydicom's own functions: the Modality LUT or
+rescale (``apply_modality_lut``), then the VOI LUT or the first Window Center / Width
+(``apply_voi_lut``; a VOI LUT before a window, as pydicom chooses), so a value below the window is
+black and one above it white; MONOCHROME1 is inverted after that (bone bright). A file without a
+VOI LUT or window, or with one pydicom cannot apply (``meta["voi"]`` says why), is shown over its
+whole stored range. Colour DICOM becomes luminance over its full range, without either.
+
 Pixels stay integer levels (``uint8`` for 8-bit sources, ``uint16`` otherwise): a quarter (a half)
 of float32's memory, never a float64 copy of the image. With ``max_side``, an image larger than
 that is decoded at reduced resolution (a JPEG straight from its DCT, others by area averaging), so a
@@ -20,7 +27,7 @@ import io
 import warnings
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -37,6 +44,8 @@ MAX_FILL_ROWS = 0.25
 #: are 1000-2500 px) are decoded at reduced resolution, which the models do not miss (the detector
 #: sees at most 1400 px, a joint crop a few hundred) and which bounds an actor's memory.
 SCORING_MAX_SIDE = 4096
+#: Pixels of a DICOM image displayed at a time (pydicom's transforms work in float64: 32 MiB a copy).
+BAND_PIXELS = 1 << 22
 #: DICOM values larger than this (the pixel data) are read from the file's bytes only when decoded.
 DEFER_BYTES = 1 << 20
 
@@ -257,26 +266,25 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int, max_side: int | None)
         raise ImageDecodeError(f"{name}: cannot decode DICOM pixel data ({ts_name}): {type(e).__name__}: {e}") from e
     colour = samples > 1 or arr.ndim == 3
     if colour:
-        invert, slope, intercept = False, 1.0, 0.0
-        lo, hi = 0.0, float(2 ** int(ds.BitsAllocated) - 1)
+        invert, display, voi = False, _luminance, None
+        black, white = 0.0, float(2 ** int(ds.BitsAllocated) - 1)
     else:
-        slope = float(ds.get("RescaleSlope", 1) or 1)
-        intercept = float(ds.get("RescaleIntercept", 0) or 0)
-        signed = int(ds.get("PixelRepresentation", 0)) == 1
-        smin, smax = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
-        lo, hi = sorted((smin * slope + intercept, smax * slope + intercept))
+        display, black, white, voi = _grey_display(ds, name, bits)
         invert = photometric == "MONOCHROME1"
-    # float32 a band of rows at a time, never the whole image; 16-bit grey levels overwrite their
+    # a band of rows at a time, never the whole image in floats; 16-bit grey levels overwrite their
     # source, 8-bit colour becomes 8-bit levels
     dtype = np.uint8 if colour and int(ds.BitsAllocated) == 8 else np.uint16
     full = float(np.iinfo(dtype).max)
     in_place = not colour and arr.dtype == np.uint16 and arr.flags.writeable
     levels = arr if in_place else np.empty(arr.shape[:2], dtype)
-    for top in range(0, arr.shape[0], 1024):
-        band = arr[top:top + 1024]
-        band = _luminance(band) if colour else band.astype(np.float32)
-        band = np.rint(np.clip((band * slope + intercept - lo) / max(hi - lo, 1e-12), 0.0, 1.0) * full)
-        levels[top:top + 1024] = full - band if invert else band
+    rows_per_band = max(1, BAND_PIXELS // arr.shape[1])
+    with warnings.catch_warnings():  # a VOI LUT indexed by rescaled (float) values: pydicom truncates them
+        warnings.filterwarnings("ignore", "Applying a VOI LUT on a float input")
+        for top in range(0, arr.shape[0], rows_per_band):
+            band = display(arr[top:top + rows_per_band]) - black  # a new float array, scaled in place
+            band *= full / ((white - black) or 1e-12)
+            np.rint(np.clip(band, 0.0, full, out=band), out=band)
+            levels[top:top + rows_per_band] = full - band if invert else band
     del arr, band
     size = (levels.shape[1], levels.shape[0])
     target = _reduced(*size, max_side)
@@ -295,11 +303,59 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int, max_side: int | None)
         "body_part": str(ds.get("BodyPartExamined", "")) or None,
         "laterality": str(ds.get("ImageLaterality", ds.get("Laterality", ""))) or None,
         "view_position": str(ds.get("ViewPosition", "")) or None,
+        "voi": voi,
     }
     spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
     if spacing:
         meta["pixel_spacing_mm"] = [float(x) for x in spacing]
     return Radiograph(levels, bits, "dicom", meta, size)
+
+
+Display = Callable[[np.ndarray], np.ndarray]
+
+
+def _grey_display(ds: Any, name: str, bits: int) -> tuple[Display, float, float, str | None]:
+    """How grey stored values are displayed, by pydicom's own functions: ``display(stored) -> values``
+    (``apply_modality_lut``, then ``apply_voi_lut``), the values that are black and white, and which VOI
+    was applied (``"lut"``, ``"window"``, ``None``, or why the file's could not be).
+
+    With a VOI LUT or window, black and white are its outputs for the lowest and highest input (the
+    window's ends, the LUT's first and last entries), so values below the window are black and above
+    it white; without one, the stored range through the modality transform (lower value black).
+    """
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    stored = np.array([-(2 ** (bits - 1)), 2 ** (bits - 1) - 1] if signed else [0, 2 ** bits - 1])
+    try:
+        black, white = sorted(float(v) for v in apply_modality_lut(stored, ds))
+    except Exception as e:  # a malformed Modality LUT or rescale: the values have no known meaning
+        raise ImageDecodeError(f"{name}: DICOM Modality LUT or rescale cannot be applied "
+                               f"({type(e).__name__}: {e})") from e
+    voi = _voi_ends(ds)
+    if isinstance(voi, tuple):
+        kind, black, white = voi
+        return lambda a: apply_voi_lut(apply_modality_lut(a, ds), ds), black, white, kind
+    return lambda a: apply_modality_lut(a, ds), black, white, voi
+
+
+def _voi_ends(ds: Any) -> tuple[str, float, float] | str | None:
+    """``(kind, black, white)`` of the VOI transform pydicom's ``apply_voi_lut`` applies (a VOI LUT
+    before a window, the first of several), probed with its lowest and highest inputs; ``None``
+    without one, or why it cannot be applied (a window of width 0, a LUT of 9-bit entries...)."""
+    from pydicom.pixels import apply_voi_lut
+
+    lut = (ds.get("VOILUTSequence") or [None])[0]
+    if lut is not None and None not in (lut.get("LUTDescriptor"), lut.get("LUTData")):  # apply_voi_lut's test
+        entries, first = int(lut.LUTDescriptor[0]) or 2**16, int(lut.LUTDescriptor[1])
+        kind, probe = "lut", np.array([first, first + entries - 1])
+    else:
+        kind, probe = "window", np.array([-np.inf, np.inf])
+    try:
+        ends = apply_voi_lut(probe, ds)
+    except Exception as e:  # a broken display hint: the file is still a radiograph, shown in full
+        return f"{kind} not applied ({type(e).__name__}: {str(e).splitlines()[0]})"
+    return None if ends is probe else (kind, float(ends[0]), float(ends[1]))
 
 
 def _luminance(arr: np.ndarray) -> np.ndarray:
