@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from ra2batch.output.schema import BOX_FIELDS, BUCKET, FILE_FIELDS, ID_FIELDS, JOINT_FIELDS
+from ra2batch.output.schema import BOX_FIELDS, BUCKET, DETECTION_FIELDS, FILE_FIELDS, ID_FIELDS, JOINT_FIELDS
 
 from ra2batch.imaging.readers import to_pixels
 
@@ -49,7 +49,7 @@ def unpack_pixels(data: memoryview | bytes, height: int, width: int) -> np.ndarr
 #: fields and the ``crop`` pixels, float32 in its joint group's ``crop_shape``) or ``joint`` (box and
 #: joint fields). Fields that do not apply to a record are null.
 STREAM = pa.schema(
-    [pa.field("record", pa.string())] + IDENTITY_FIELDS + FILE_FIELDS + [pa.field("n_detections", pa.int64())]
+    [pa.field("record", pa.string())] + IDENTITY_FIELDS + FILE_FIELDS + DETECTION_FIELDS
     + BOX_FIELDS + [pa.field("crop", pa.large_binary())] + JOINT_FIELDS
 )
 

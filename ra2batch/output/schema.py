@@ -46,6 +46,10 @@ JOINT_FIELDS = [
     pa.field("uncertainty", pa.float64()), pa.field("review", pa.bool_()),
 ]
 
+#: What the detector made of a radiograph: how many crop classes it found, and how sure it is that the
+#: image shows a hand (foot) at all (``models.bundle.limb_confidence``, 0-1).
+DETECTION_FIELDS = [pa.field("n_detections", pa.int64()), pa.field("limb_confidence", pa.float64())]
+
 RUN_FIELDS = [pa.field("model_version", pa.string()), pa.field("scored_at", TIMESTAMP)]
 _BUCKET_FIELD = pa.field(BUCKET, pa.int64())
 
@@ -55,7 +59,7 @@ def _joint(name: str) -> pa.Field:
 
 
 IMAGES = pa.schema(
-    ID_FIELDS + FILE_FIELDS + [pa.field("n_detections", pa.int64()), pa.field("chosen", pa.bool_())]
+    ID_FIELDS + FILE_FIELDS + DETECTION_FIELDS + [pa.field("chosen", pa.bool_())]
     + RUN_FIELDS + [_BUCKET_FIELD]
 )
 JOINTS = pa.schema(
