@@ -286,3 +286,56 @@ def test_an_output_written_with_the_old_joints_field_name_is_refused_in_one_line
     monkeypatch.undo()
     with pytest.raises(OutputError, match="field `column` .* is now `joint`: score the images again"):
         open_output(out).read("joints")
+
+
+def test_every_field_of_every_table_says_what_it_means():
+    """Each field carries a description (and its unit and range where it has them); the 86 RA2 scores'
+    come from the catalogue."""
+    from ra2batch.catalogue import BY_COLUMN, COLUMNS
+    from ra2batch.output.dictionary import contract
+
+    schemas = contract()
+    assert list(schemas) == ["images", "joints", "patients", "catalogue", "runs"]
+    for name, schema in schemas.items():
+        assert schema.metadata[b"description"].strip(), name
+        for f in schema:
+            assert f.metadata and f.metadata.get(b"description", b"").strip(), f"{name}.{f.name} has no description"
+    patients = schemas["patients"]
+    for c in COLUMNS:
+        meta = patients.field(c).metadata
+        assert (meta[b"unit"], meta[b"range"]) == (b"SvdH points", f"0-{BY_COLUMN[c].max_score}".encode()), c
+    assert len({patients.field(c).metadata[b"description"] for c in COLUMNS}) == len(COLUMNS)
+    described = {c: patients.field(c).metadata[b"description"].decode() for c in COLUMNS}
+    assert described["LH_mcp_E__2"].startswith("left hand MCP 2 erosion, SvdH 0-5")
+    assert described["RF_mtp_E__ip"].startswith("right foot big toe IP erosion, SvdH 0-10")
+    assert described["RH_wrist_J__radcar"].startswith("right hand wrist radiocarpal joint-space narrowing, SvdH 0-4")
+    assert patients.field("Overall_Tol").metadata[b"range"] == b"0-448"
+    assert schemas["joints"].field("box_x0").metadata[b"unit"] == b"pixels"
+
+
+def test_written_data_files_and_delta_logs_carry_the_descriptions(tmp_path):
+    """A reader outside ra2batch finds each field's meaning in the Parquet files and the Delta schema."""
+    import pyarrow.parquet as pq
+    from deltalake import DeltaTable
+
+    from ra2batch.output import open_output
+    from ra2batch.output.dictionary import contract, entries, written
+    from tests.helpers import ra2_table, write_output
+
+    out = str(tmp_path / "out")
+    image = {"path": "/a/P1-LH.jpg", "Patient_ID": "P1", "limb": "LH", "status": "ok"}
+    write_output(out, {"images": pd.DataFrame([image]), "catalogue": pd.DataFrame([image]),
+                       "joints": pd.DataFrame([{**image, "joint": "LH_mcp_E__2", "score": 1.0}]),
+                       "patients": ra2_table({"P1": {"LH_mcp_E__2": 1.0}})})
+    for name, schema in contract().items():
+        files = sorted((tmp_path / "out" / name).rglob("*.parquet"))
+        assert files, name
+        for path in files:
+            found = pq.read_schema(path)
+            assert found.metadata[b"description"] == schema.metadata[b"description"], path
+            assert {f.name: f.metadata for f in found} == {f.name: f.metadata for f in schema if f.name in found.names}
+        table = DeltaTable(str(tmp_path / "out" / name))
+        assert table.metadata().description == schema.metadata[b"description"].decode()
+        assert {f.name: f.metadata for f in table.schema().fields} == {
+            f.name: {k.decode(): v.decode() for k, v in f.metadata.items()} for f in schema}
+    assert entries(written(open_output(out))) == entries(contract())

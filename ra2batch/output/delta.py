@@ -69,8 +69,9 @@ def commit(out: Location, name: str, schema: pa.Schema, records: Iterable[Mappin
 
     ``overwrite`` replaces every file of the table (a full run); otherwise the records' adds and
     removes are applied to the version it is at (``expect_version``, when given, must be it). A table
-    that does not exist yet is created. ``metadata`` goes into the commit's info, where
-    ``DeltaTable.history()`` shows it. Raises :class:`CommitConflict` when another writer got there first.
+    that does not exist yet is created, with the schema's ``description`` metadata as the table's.
+    ``metadata`` goes into the commit's info, where ``DeltaTable.history()`` shows it. Raises
+    :class:`CommitConflict` when another writer got there first.
     """
     actions = _actions(records, partitioned)
     partition_by = [BUCKET] if partitioned else None
@@ -83,6 +84,7 @@ def commit(out: Location, name: str, schema: pa.Schema, records: Iterable[Mappin
             create_table_with_add_actions(out.uri_of(name), Schema.from_arrow(schema),
                                           [a for a in actions if isinstance(a, AddAction)], mode="error",
                                           partition_by=partition_by, storage_options=out.delta_options(),
+                                          description=(schema.metadata or {}).get(b"description", b"").decode(),
                                           commit_properties=properties)
             return 0
         if expect_version is not None and table.version() != expect_version:

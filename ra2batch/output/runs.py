@@ -32,22 +32,43 @@ import pyarrow.parquet as pq
 
 import ra2batch
 from ra2batch.output import delta
-from ra2batch.output.schema import TABLES, TIMESTAMP
+from ra2batch.output.schema import TABLES, TIMESTAMP, described
 from ra2batch.storage import Location
 
+_COUNT = "files"
 RUNS = pa.schema([
-    pa.field("run_id", pa.string()), pa.field("kind", pa.string()), pa.field("state", pa.string()),
-    pa.field("at", TIMESTAMP), pa.field("started_at", TIMESTAMP), pa.field("version", pa.int64()),
-    pa.field("host", pa.string()), pa.field("pid", pa.int64()), pa.field("ra2batch_version", pa.string()),
-    pa.field("input", pa.string()), pa.field("bundle", pa.string()), pa.field("model_version", pa.string()),
-    pa.field("full", pa.bool_()), pa.field("buckets", pa.int64()),
-    *[pa.field(f"{name}_version", pa.int64()) for name in TABLES],
-    pa.field("predictions", pa.string()), pa.field("predictions_bytes", pa.int64()),
-    pa.field("listed", pa.int64()), pa.field("scored", pa.int64()), pa.field("skipped", pa.int64()),
-    pa.field("removed", pa.int64()), pa.field("images_ok", pa.int64()), pa.field("images_error", pa.int64()),
-    pa.field("images_rejected", pa.int64()), pa.field("patients", pa.int64()), pa.field("joints", pa.int64()),
-    pa.field("config", pa.string()), pa.field("crop_geometry", pa.string()), pa.field("error", pa.string()),
-])
+    described("run_id", pa.string(), "the run: its UTC start time to the microsecond and a random suffix (sortable)"),
+    described("kind", pa.string(), "score (ra2batch score) | nightly (ra2batch nightly)"),
+    described("state", pa.string(), "started | published (this row is the run's manifest) | failed | abandoned "
+              "(the run stopped without finishing; its lease expired)"),
+    described("at", TIMESTAMP, "when this event was committed (UTC)"),
+    described("started_at", TIMESTAMP, "when the run started (UTC)"),
+    described("version", pa.int64(), "output version a published row makes current (1, 2, ...); null otherwise"),
+    described("host", pa.string(), "host name of the run's driver"),
+    described("pid", pa.int64(), "process id of the run's driver on host"),
+    described("ra2batch_version", pa.string(), "ra2batch version of the run"),
+    described("input", pa.string(), "the archive the run scored (--input)"),
+    described("bundle", pa.string(), "the model bundle the run scored with (--models)"),
+    described("model_version", pa.string(), "content hash of the model bundle"),
+    described("full", pa.bool_(), "true when every listed file was scored, false for a merge of what changed"),
+    described("buckets", pa.int64(), "bucket count of the output's tables"),
+    *[described(f"{name}_version", pa.int64(), f"Delta version of the {name} table a published row names")
+      for name in TABLES],
+    described("predictions", pa.string(), "this run's predictions.csv, relative to the output"),
+    described("predictions_bytes", pa.int64(), "size of that predictions.csv", "bytes"),
+    described("listed", pa.int64(), "files listed in the input", _COUNT),
+    described("scored", pa.int64(), "files this run scored", _COUNT),
+    described("skipped", pa.int64(), "listed files left as the previous run scored them", _COUNT),
+    described("removed", pa.int64(), "files gone from the input since the previous run", _COUNT),
+    described("images_ok", pa.int64(), "files this run scored with status ok", _COUNT),
+    described("images_error", pa.int64(), "files this run could not decode (status error)", _COUNT),
+    described("images_rejected", pa.int64(), "files this run decoded but found no limb in (status rejected)", _COUNT),
+    described("patients", pa.int64(), "patients table rows (patient visits) this run wrote", "rows"),
+    described("joints", pa.int64(), "joints table rows this run wrote", "rows"),
+    described("config", pa.string(), "the job's settings (JobConfig), JSON"),
+    described("crop_geometry", pa.string(), "each joint group's crop height, width, margin and mirroring, JSON"),
+    described("error", pa.string(), "why the run failed or was abandoned (first line); null otherwise"),
+], metadata={"description": "one row per run event; published rows are the output's manifests"})
 RUNS_TABLE = "runs"
 LEASES = "_ra2batch/leases"
 HEARTBEAT_S = 10.0
