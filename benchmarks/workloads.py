@@ -5,12 +5,16 @@ next one's peak, and lets the parent sample exactly that process tree. ``SPEC`` 
 :class:`Spec`; the result (timings in seconds, wall-clock phase marks from ``time.time()``) is
 written to ``RESULT`` as JSON.
 
-- ``naive``: the published code's shape: per file read, decode, detect (batch of one), crop, then
-  each joint model on one crop at a time. Model loading is timed apart and left out of its wall time.
-  With test-time augmentation (``tta``, as the job's default), each crop is scored with its mirror.
+- ``naive``: the published code's shape: per file read and decode, detect (batch of one) and cut the
+  crops, then each joint model on one crop at a time. Model loading is timed apart and left out of
+  its wall time. With test-time augmentation (``tta``, as the job's default), each crop is scored
+  with its mirror.
 - ``bound``: the ideal serial cost: each stage over all files in isolation, models batched as the
   job batches them (detector: images of one limb kind; joint models: crops of one group);
-  wall = decode + detect + crop + score.
+  wall = decode + detect (with crops) + score.
+
+Both run the job's own stage classes (``job.decode.decode_files``, ``job.predictors.Detector`` and
+``JointScorer``) in this process, so they do exactly the job's work, only scheduled differently.
 - ``job``: ``ra2batch.job.pipeline.score_archive`` on a Ray cluster started here; the cluster's
   start-up (``ray.init`` and the cluster's first dataset, which creates Ray Data's session actors that
   a running cluster keeps, until it goes quiet) is timed apart (``startup_s``). With
@@ -36,7 +40,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 
 
 @dataclass
@@ -77,102 +80,73 @@ class StageClock:
             self.cpu_seconds[stage] += time.process_time() - c
 
 
-def _identity(path: str) -> tuple[str, str]:
-    """``(limb, kind)`` of an archive file named ``{Patient_ID}-{limb}.ext``."""
-    from ra2batch.catalogue import limb_kind
+def _listing(files: list[str]):
+    """The job's listing rows of archive files named ``{Patient_ID}-{limb}.ext``."""
+    from ra2batch.inference import listing
     from ra2batch.job.inputs import parse_name
 
-    parsed = parse_name(path)
-    if isinstance(parsed, str):
-        raise ValueError(parsed)
-    return parsed[2], limb_kind(parsed[2])
+    parsed = [parse_name(path) for path in files]
+    bad = next((p for p in parsed if isinstance(p, str)), None)
+    if bad:
+        raise ValueError(bad)
+    return listing((path, *identity) for path, identity in zip(files, parsed))
 
 
-def _score(bundle, spec: Spec, group: str, crops: np.ndarray, batch_size: int) -> np.ndarray:
-    """Scores ``[N, n_outputs]`` of one group, with test-time augmentation when the job uses it."""
-    if spec.tta:
-        return bundle.score_tta(group, crops, batch_size=batch_size)[0]
-    return bundle.score(group, crops, batch_size=batch_size)[0]
-
-
-def _load(spec: Spec):
+def _stages(spec: Spec, detector_batch_size: int, scorer_batch_size: int):
+    """The job's own stage classes (its separate-stage layout) on the bundle, loaded here."""
     import torch
 
+    from ra2batch.job.predictors import Detector, JointScorer
     from ra2batch.models import load_bundle
 
     torch.set_num_threads(spec.threads)
-    return load_bundle(spec.models).to(spec.device)
+    bundle = load_bundle(spec.models).to(spec.device)
+    return Detector(bundle, detector_batch_size), JointScorer(bundle, scorer_batch_size, tta=spec.tta)
+
+
+def _run(spec: Spec, batches: list, detector, scorer) -> tuple[StageClock, int, int]:
+    """Each listing batch through decode, detect (and crop), score: the job's inference path, stage by
+    stage, timed per stage; returns the clock, and the crops and joint scores made."""
+    import pyarrow.compute as pc
+    import pyarrow.fs as pafs
+
+    from ra2batch.job.decode import decode_files
+
+    clock, crops, joints, fs = StageClock(), 0, 0, pafs.LocalFileSystem()
+    for batch in batches:
+        with clock("decode"):
+            decoded = decode_files(batch, fs=fs)
+        with clock("detect"):
+            found = detector(decoded)
+        with clock("score"):
+            scored = scorer(found)
+        crops += pc.sum(pc.equal(found["record"], "crop")).as_py() or 0
+        joints += pc.sum(pc.equal(scored["record"], "joint")).as_py() or 0
+    return clock, crops, joints
 
 
 def run_naive(spec: Spec) -> dict[str, Any]:
-    """One file at a time, one crop per joint-model call."""
-    import torch
-
-    from ra2batch.imaging.readers import decode
-
+    """One file at a time, one radiograph per detector call and one crop per joint-model call."""
     t = time.perf_counter()
-    bundle = _load(spec)
+    detector, scorer = _stages(spec, 1, 1)
     load_s = time.perf_counter() - t
-    clock, crops, joints = StageClock(), 0, 0
+    files = _listing(spec.files)
     start = time.time()
-    with torch.inference_mode():
-        for path in spec.files:
-            limb, kind = _identity(path)
-            with clock("decode"):
-                image = decode(Path(path).read_bytes(), path).pixels
-            with clock("detect"):
-                found = bundle.detect([image], kind)[0]
-            with clock("crop"):
-                cut = list(bundle.joint_crops(image, found, limb))
-            with clock("score"):
-                for c in cut:
-                    joints += _score(bundle, spec, c.group, c.crop[None], 1).shape[1]
-            crops += len(cut)
+    clock, crops, joints = _run(spec, [files.iloc[[i]] for i in range(len(files))], detector, scorer)
     end = time.time()
     return {"wall_s": end - start, "phase": [start, end], "load_s": load_s, "stages": dict(clock.seconds),
             "stages_cpu": dict(clock.cpu_seconds), "radiographs": len(spec.files), "crops": crops, "joints": joints}
 
 
-def _by_kind(ids: list[tuple[str, str]]) -> dict[str, list[int]]:
-    """Indices of images by limb kind, as the job batches them (``ModelBundle.detect`` keeps each
-    radiograph's boxes independent of its batch mates)."""
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, (_, kind) in enumerate(ids):
-        groups[kind].append(i)
-    return groups
-
-
 def run_bound(spec: Spec) -> dict[str, Any]:
-    """Each stage alone over every file; models batched. Wall is the sum of the stage times."""
-    import torch
-
-    from ra2batch.imaging.readers import decode
-
-    bundle = _load(spec)
-    clock = StageClock()
+    """Each stage alone over every file; models batched as the job batches them. Wall is the sum of
+    the stage times."""
+    detector, scorer = _stages(spec, spec.detector_batch_size, spec.scorer_batch_size)
     start = time.time()
-    with clock("decode"):
-        images = [decode(Path(p).read_bytes(), p).pixels for p in spec.files]
-    ids = [_identity(p) for p in spec.files]
-    found: dict[int, dict] = {}
-    with torch.inference_mode():
-        with clock("detect"):
-            for kind, idx in sorted(_by_kind(ids).items()):
-                found.update(zip(idx, bundle.detect([images[i] for i in idx], kind,
-                                                    batch_size=spec.detector_batch_size)))
-        by_group: dict[str, list[np.ndarray]] = defaultdict(list)
-        with clock("crop"):
-            for i, image in enumerate(images):
-                for c in bundle.joint_crops(image, found[i], ids[i][0]):
-                    by_group[c.group].append(c.crop)
-        joints = 0
-        with clock("score"):
-            for group, crops in sorted(by_group.items()):
-                joints += _score(bundle, spec, group, np.stack(crops), spec.scorer_batch_size).size
+    clock, crops, joints = _run(spec, [_listing(spec.files)], detector, scorer)
     end = time.time()
     return {"wall_s": sum(clock.seconds.values()), "phase": [start, end], "stages": dict(clock.seconds),
-            "stages_cpu": dict(clock.cpu_seconds), "radiographs": len(spec.files),
-            "crops": sum(map(len, by_group.values())), "joints": joints}
+            "stages_cpu": dict(clock.cpu_seconds), "radiographs": len(spec.files), "crops": crops, "joints": joints}
 
 
 def run_job(spec: Spec) -> dict[str, Any]:

@@ -62,6 +62,11 @@ class JobConfig(BaseModel):
     review_threshold: float = Field(0.5, ge=0, description="uncertainty (score points) above which a joint is "
                                     "flagged for human review")
 
+    def scoring_options(self) -> dict[str, Any]:
+        """``predictors.DetectAndScore``'s keyword arguments besides its models: how every radiograph is scored."""
+        return {"detector_batch_size": self.detector_batch_size, "scorer_batch_size": self.scorer_batch_size,
+                "tta": self.tta, "review_threshold": self.review_threshold}
+
     @model_validator(mode="after")
     def _decoding_actors_are_fused(self) -> JobConfig:
         if self.decode_in_actors and self.fuse_models is False:

@@ -169,16 +169,6 @@ def default_bundle() -> str:
     return str(DEMO_BUNDLE)
 
 
-def _scoring_options(cfg: JobConfig) -> dict[str, Any]:
-    return {"tta": cfg.tta, "review_threshold": cfg.review_threshold}
-
-
-def _fused_options(cfg: JobConfig) -> dict[str, Any]:
-    """``DetectAndScore``'s keyword arguments besides its models."""
-    return {"detector_batch_size": cfg.detector_batch_size, "scorer_batch_size": cfg.scorer_batch_size,
-            **_scoring_options(cfg)}
-
-
 def build_dataset(files: pd.DataFrame, fs: Any, models: str, model_options: dict[str, Any] | None,
                   cfg: JobConfig) -> ray.data.Dataset:
     """The streaming pipeline over the listed ``files`` with the job's own model actors (``cfg``
@@ -192,17 +182,16 @@ def build_dataset(files: pd.DataFrame, fs: Any, models: str, model_options: dict
     def source(gpus: float | None) -> ModelSource:
         return ModelSource(models, model_options, cfg.torch_threads or 1, bool(gpus))
 
-    scoring = _scoring_options(cfg)
     if cfg.decode_in_actors:
         return listing_dataset(files, cfg).map_batches(
             DecodeDetectAndScore, batch_format="pandas", batch_size=None,
-            fn_constructor_kwargs={"fs": fs, "source": source(cfg.detector_gpus), **_fused_options(cfg)},
+            fn_constructor_kwargs={"fs": fs, "source": source(cfg.detector_gpus), **cfg.scoring_options()},
             **actors(cfg.detector_actors, cfg.detector_gpus))
     decoded = decode_dataset(files, fs, cfg)
     if cfg.fuse_models:
         return decoded.map_batches(
             DetectAndScore, batch_format="pyarrow", batch_size=cfg.detector_batch_size,
-            fn_constructor_kwargs={"source": source(cfg.detector_gpus), **_fused_options(cfg)},
+            fn_constructor_kwargs={"source": source(cfg.detector_gpus), **cfg.scoring_options()},
             **actors(cfg.detector_actors, cfg.detector_gpus))
     return (
         decoded
@@ -211,7 +200,7 @@ def build_dataset(files: pd.DataFrame, fs: Any, models: str, model_options: dict
                      **actors(cfg.detector_actors, cfg.detector_gpus))
         .map_batches(JointScorer, batch_format="pyarrow", batch_size=cfg.scorer_batch_size,
                      fn_constructor_kwargs={"source": source(cfg.scorer_gpus), "batch_size": cfg.scorer_batch_size,
-                                            **scoring},
+                                            "tta": cfg.tta, "review_threshold": cfg.review_threshold},
                      **actors(cfg.scorer_actors, cfg.scorer_gpus))
     )
 
@@ -220,7 +209,7 @@ def _score(files: pd.DataFrame, fs: Any, models: str, model_options: dict[str, A
            pool: Pool | None) -> ray.data.Dataset:
     """The ``REDUCE`` rows of the scored ``files``, on the warm ``pool`` or on the job's own actors."""
     if pool is not None:
-        return ray.data.from_arrow_refs(list(score_on_pool(files, fs, cfg, pool, _fused_options(cfg))))
+        return ray.data.from_arrow_refs(list(score_on_pool(files, fs, cfg, pool, cfg.scoring_options())))
     return build_dataset(files, fs, models, model_options, cfg)
 
 

@@ -75,22 +75,23 @@ class Detector:
                 rows.append({**m, "record": "image", "status": "error", "error": found[i], "width": None,
                              "height": None})
                 continue
-            rejected = self._rejected(found[i], m["limb"]) if i in images else None
-            if rejected:
-                rows.append({**m, "record": "image", "status": REJECTED, "error": rejected,
-                             "n_detections": len(found[i])})
+            if i not in images:
+                rows.append({**m, "record": "image"})
                 continue
-            crops = self._crops(images[i], found[i], m) if i in images else []
-            n = len({c["crop_class"] for c in crops}) if i in images else None
-            rows += [{**m, "record": "image", "n_detections": n}, *crops]
+            kind = catalogue.limb_kind(m["limb"])
+            shows_limb, confidence = self.bundle.limb_found(found[i], kind)
+            if not shows_limb:
+                rows.append({**m, "record": "image", "status": REJECTED, "error": self._rejected(confidence, m["limb"]),
+                             "n_detections": len(found[i]), "limb_confidence": confidence})
+                continue
+            crops = self._crops(images[i], found[i], m)
+            rows += [{**m, "record": "image", "n_detections": len({c["crop_class"] for c in crops}),
+                      "limb_confidence": confidence}, *crops]
         return pa.Table.from_pylist(rows, schema=STREAM)
 
-    def _rejected(self, detections: dict[str, Any], limb: str) -> str | None:
-        """Why a radiograph is not scored when its detector found no hand (foot) in it, else ``None``."""
+    def _rejected(self, confidence: float, limb: str) -> str:
+        """Why a radiograph whose detector found no hand (foot) in it is not scored."""
         kind = catalogue.limb_kind(limb)
-        found, confidence = self.bundle.limb_found(detections, kind)
-        if found:
-            return None
         threshold = self.bundle.manifest.architecture.detectors[kind].limb_min_confidence
         return (f"no {kind} found: the {kind} detector's confidence is {confidence:.2f}, below the bundle's "
                 f"{threshold:.2f} (not a {limb} radiograph, or too unlike the ones the model was trained on): not scored")

@@ -24,13 +24,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from ..models.bundle import load_bundle, set_limb_min_confidence
     from .dataset import index_dataset
-    from .evaluation import calibrated_limb_thresholds, predict_joints
+    from .evaluation import calibrated_limb_thresholds, detector_metrics, score_dataset
 
     bundle = load_bundle(args.bundle)
     patients = args.patients or bundle.manifest.provenance.model_dump().get("held_out_patients") or []
     if not patients:
         return error("calibrate", "no held-out patients: the bundle's provenance names none; pass --patients", USAGE)
-    _, metrics = predict_joints(bundle, index_dataset(args.data), sorted(patients))
+    index, patients = index_dataset(args.data), sorted(patients)
+    metrics = detector_metrics(score_dataset(bundle, index, patients), index, patients)
     thresholds = calibrated_limb_thresholds(metrics)
     version = set_limb_min_confidence(args.bundle, thresholds)
     print(f"limb confidence on {len(patients)} held-out patients: {metrics['limb_confidence']}")
