@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pool": ("job.pool_cli", "start, list and stop warm model pools that jobs on a running cluster share"),
     "evaluate": ("evaluate", "score predictions with the RA2 challenge scorer against the baseline"),
     "query": ("query.cli", "named cohort queries and SQL over scoring outputs"),
+    "describe": ("describe", "the data dictionary: every output table's fields with type, description, unit, range"),
     "report": ("report.cli", "static HTML review site with attention overlays"),
 }
 EPILOG = ("exit codes: 0 done; 2 a usage or input error (nothing was done); 1 a failure while running. "

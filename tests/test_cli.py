@@ -31,7 +31,8 @@ def test_version_help_and_no_command():
     assert r.returncode == 2 and "nightly" in r.stderr and "exit codes" in r.stderr and r.stdout == ""
 
 
-@pytest.mark.parametrize("command", ["synth", "train", "score", "nightly", "pool", "evaluate", "query", "report"])
+@pytest.mark.parametrize("command", ["synth", "train", "score", "nightly", "pool", "evaluate", "query", "describe",
+                                     "report"])
 def test_every_command_names_its_locations_the_same_way(command):
     from ra2batch.cli import build_parser
 
@@ -43,12 +44,12 @@ def test_every_command_names_its_locations_the_same_way(command):
     flags = shown(build_parser()._subparsers._group_actions[0].choices[command])
     assert not flags & {"--out", "--data", "--results", "--dest"}  # the old names are hidden aliases
     reads, writes = {"evaluate": ("--predictions", None), "pool": ("--models", None),
-                     "synth": (None, "--output")}.get(command, ("--input", "--output"))
+                     "synth": (None, "--output"), "describe": ("--input", None)}.get(command, ("--input", "--output"))
     assert reads is None or reads in flags
     assert writes is None or writes in flags
     if command in ("train", "score", "nightly", "pool"):
         assert "--address" in flags
-    if command in ("train", "score", "nightly", "pool", "evaluate", "query", "report"):
+    if command in ("train", "score", "nightly", "pool", "evaluate", "query", "describe", "report"):
         assert "--storage-options" in flags
 
 
@@ -83,6 +84,40 @@ def test_query_sql_cannot_reach_other_files(tmp_path, capsys):
     assert main(["query", "--input", out, "sql", "--allow-external-access", f"SELECT a FROM read_csv('{secret}')"]) == 0
     assert "42" in capsys.readouterr().out
     assert main(["query", "--input", out, "sql", "SELECT count(*) AS n FROM patients"]) == 0
+
+
+def test_describe_lists_every_field_with_its_meaning(tmp_path, capsys):
+    """``describe``: the contract of this version in Markdown, CSV or JSON, or an output's tables as written."""
+    import csv
+    import io
+    import json
+
+    from ra2batch.catalogue import BY_COLUMN, COLUMNS
+    from ra2batch.cli import main
+    from ra2batch.output.dictionary import contract
+    from tests.helpers import write_output
+
+    assert main(["describe", "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(rows) == sum(len(s) for s in contract().values()) and all(r["description"] for r in rows)
+    scores = {r["field"]: r for r in rows if r["table"] == "patients" and r["field"] in BY_COLUMN}
+    assert set(scores) == set(COLUMNS)
+    assert all(r["range"] == f"0-{BY_COLUMN[c].max_score}" and r["unit"] == "SvdH points" for c, r in scores.items())
+    assert scores["LF_mtp_J__3"]["description"].startswith("left foot MTP 3 joint-space narrowing, SvdH 0-4")
+    assert main(["describe", "--format", "json"]) == 0
+    tables = json.loads(capsys.readouterr().out)["tables"]
+    assert list(tables) == ["images", "joints", "patients", "catalogue", "runs"]
+    assert {f["field"]: f["range"] for f in tables["patients"]["fields"]}["RF_mtp_E__1"] == "0-10"
+    assert main(["describe"]) == 0
+    md = capsys.readouterr().out
+    assert "## runs" in md and "| `LH_mcp_E__2` | double | SvdH points | 0-5 | left hand MCP 2 erosion" in md
+
+    out = write_output(str(tmp_path / "out"), {})
+    assert main(["describe", "--input", out, "--format", "csv"]) == 0
+    assert list(csv.DictReader(io.StringIO(capsys.readouterr().out))) == rows
+    assert main(["describe", "--input", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds no scoring output" in err
 
 
 def test_connect_follows_rays_own_rule_and_never_waits_forever(monkeypatch, tmp_path, capsys):
