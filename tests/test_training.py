@@ -6,13 +6,18 @@ checkpoints, bundle), not accuracy; tests/test_training_demo_bundle.py checks ac
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
+from pathlib import Path
 
+import pandas as pd
 import pytest
 import ray
 from ray.data.expressions import col
 
-from ra2batch import catalogue
+from ra2batch import catalogue, cli
+from ra2batch.job.pipeline import score_archive
 from ra2batch.models import PLAN, DetectorConfig, JointHeadConfig, JointModel, load_bundle
 from ra2batch.synth import generate_cohort
 from ra2batch.training import data, dataset, joints, pipeline
@@ -66,7 +71,7 @@ def _joint_config(group_name: str, epochs: int, **training) -> dict:
 
 
 @pytest.mark.slow
-def test_training_writes_a_bundle_with_held_out_metrics(cohort, local_ray, tmp_path):
+def test_training_writes_a_bundle_with_held_out_metrics(cohort, local_ray, tmp_path, capsys):
     run = pipeline.RunSettings(name="tiny", storage_path=str(tmp_path / "runs"))
     metrics = pipeline.train(cohort, str(tmp_path / "bundle"), TINY, run, command="pytest")
     bundle = load_bundle(str(tmp_path / "bundle"))
@@ -89,6 +94,23 @@ def test_training_writes_a_bundle_with_held_out_metrics(cohort, local_ray, tmp_p
         calibrated = round(LIMB_CALIBRATION * held["limb_confidence"][kind]["min"], 3)
         assert detector == _DETECTOR.model_copy(update={"limb_min_confidence": calibrated}), kind
         assert 0 < detector.limb_min_confidence < 1
+    # the published figures are the job's: `ra2batch score` on the held-out radiographs, then `ra2batch evaluate`
+    held_out = manifest.provenance.model_dump()["held_out_patients"]
+    archive = tmp_path / "held_out"
+    archive.mkdir()
+    for image in Path(cohort, "images").iterdir():
+        if image.name.split("-")[0] in held_out:
+            shutil.copy(image, archive / image.name)
+    labels = pd.read_csv(Path(cohort, "training.csv"))
+    labels[labels["Patient_ID"].isin(held_out)].to_csv(tmp_path / "truth.csv", index=False)
+    score_archive(str(archive), str(tmp_path / "out"), models=str(tmp_path / "bundle"))
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--predictions", str(tmp_path / "out"), "--truth", str(tmp_path / "truth.csv"),
+                     "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["n_patients"] == len(held_out)
+    for key in ("sc1", "sc2", "sc3"):
+        assert evaluated[key] == pytest.approx(held[key], rel=1e-9, abs=1e-12), key
 
 
 def test_an_interrupted_run_resumes_at_the_saved_epoch(cohort, local_ray, tmp_path):

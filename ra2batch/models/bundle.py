@@ -422,15 +422,17 @@ def _load_into(module: nn.Module, data: bytes, name: str, uri: str) -> None:
                           f"(first: {unset[0]})")
 
 
-def set_limb_min_confidence(uri: str, thresholds: Mapping[str, float],
-                            storage_options: dict[str, Any] | None = None) -> str:
+def recalibrate(uri: str, thresholds: Mapping[str, float], held_out: Mapping[str, Any] | None = None,
+                storage_options: dict[str, Any] | None = None) -> str:
     """Set the ``limb_min_confidence`` of the detectors of the saved bundle at ``uri`` (``{kind: value}``)
-    in its bundle.json alone, leaving the weight files as they are (a float16 bundle stays float16);
-    returns the bundle's new ``model_version``."""
+    and, when given, its held-out figures (``metrics.held_out``), in its bundle.json alone, leaving the
+    weight files as they are (a float16 bundle stays float16); returns the bundle's new ``model_version``."""
     loc = resolve(uri, storage_options)
     raw, _ = _read_manifest(loc, uri)
     for kind, value in thresholds.items():
         raw["architecture"]["detectors"][kind]["limb_min_confidence"] = float(value)
+    if held_out is not None:
+        raw.setdefault("metrics", {})["held_out"] = dict(held_out)
     Manifest.model_validate(raw)
     loc.write_bytes(json.dumps(raw, indent=2, sort_keys=True).encode() + b"\n", MANIFEST_NAME)
     return load_bundle(uri, storage_options, parts=()).model_version

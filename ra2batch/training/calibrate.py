@@ -1,11 +1,13 @@
-"""Calibrate an existing bundle's limb thresholds on its held-out radiographs (training does this itself).
+"""Calibrate an existing bundle on its held-out radiographs: limb thresholds and held-out figures.
 
     python -m ra2batch.training.calibrate --bundle DIR --data COHORT
 
-runs the bundle's detectors on the held-out patients its provenance names (or ``--patients``) of the
-RA2-layout dataset ``COHORT``, sets each detector's ``limb_min_confidence``
-(``evaluation.calibrated_limb_thresholds``) in its bundle.json: the same weight files, a new
-``model_version``.
+runs the bundle on the held-out patients its provenance names (or ``--patients``) of the RA2-layout
+dataset ``COHORT`` through the scoring job's inference path (``evaluation.evaluate_bundle``), sets
+each detector's ``limb_min_confidence`` (``evaluation.calibrated_limb_thresholds``) and the
+held-out figures (SC1-3 against the random baseline drawn from the other patients' labels, detector
+mAP) in its bundle.json: the same weight files, a new ``model_version``. Training does this itself;
+this brings a bundle made by an earlier version up to date.
 """
 
 from __future__ import annotations
@@ -22,19 +24,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True, help="the RA2-layout dataset it was trained on (or one like it)")
     p.add_argument("--patients", nargs="+", help="held-out Patient_IDs (default: the bundle's provenance's)")
     args = p.parse_args(argv)
-    from ..models.bundle import load_bundle, set_limb_min_confidence
+    from ..models.bundle import load_bundle, recalibrate
     from .dataset import index_dataset
-    from .evaluation import calibrated_limb_thresholds, detector_metrics, score_dataset
+    from .evaluation import calibrated_limb_thresholds, evaluate_bundle
 
     bundle = load_bundle(args.bundle)
-    patients = args.patients or bundle.manifest.provenance.model_dump().get("held_out_patients") or []
+    patients = sorted(args.patients or bundle.manifest.provenance.model_dump().get("held_out_patients") or [])
     if not patients:
         return error("calibrate", "no held-out patients: the bundle's provenance names none; pass --patients", USAGE)
-    index, patients = index_dataset(args.data), sorted(patients)
-    metrics = detector_metrics(score_dataset(bundle, index, patients), index, patients)
-    thresholds = calibrated_limb_thresholds(metrics)
-    version = set_limb_min_confidence(args.bundle, thresholds)
-    print(f"limb confidence on {len(patients)} held-out patients: {metrics['limb_confidence']}")
+    index = index_dataset(args.data)
+    others = index.labels.drop(index=[p for p in patients if p in index.labels.index])
+    uncalibrated = bundle.with_limb_min_confidence({kind: 0.0 for kind in bundle.detectors})
+    held_out = evaluate_bundle(uncalibrated, index, patients=patients, baseline_labels=others)
+    thresholds = calibrated_limb_thresholds(held_out)
+    version = recalibrate(args.bundle, thresholds, held_out)
+    print(f"limb confidence on {len(patients)} held-out patients: {held_out['limb_confidence']}")
+    print("held-out " + ", ".join(f"{k} {held_out[k]:.3f}" for k in ("sc1", "sc2", "sc3", "ratio_sc1", "ratio_sc2",
+                                                                    "ratio_sc3", "hand_mAP", "foot_mAP")))
     print(f"limb_min_confidence {thresholds}; bundle {version} written to {args.bundle}")
     return 0
 
