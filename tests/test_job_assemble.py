@@ -11,8 +11,9 @@ from ra2batch.job.assemble import assemble_patients, choose_images, predictions,
 MEDIANS = {c: 0.5 for c in catalogue.COLUMNS}
 
 
-def _images(*rows):
+def _images(*rows, header_limbs=None):
     df = pd.DataFrame(rows, columns=["path", "Patient_ID", "visit", "limb", "status"])
+    df["header_limb"] = header_limbs or [None] * len(df)
     df["chosen"], messages = choose_images(df)
     return df, messages
 
@@ -56,6 +57,23 @@ def test_missing_limb_and_failed_file_are_flagged_and_totals_partial():
     assert row["LF_mtp_E__1"] == 1.0  # from the chosen file, not the duplicate
     assert np.isnan(row["RH_mcp_E__1"]) and np.isnan(row["RF_mtp_J__ip"])
     assert row["Overall_erosion"] == 2.0 * 16 + 6 and row["limbs"] == "LF,LH"
+
+
+def test_a_dicom_header_naming_another_limb_is_flagged_and_the_name_s_limb_scored():
+    """P3's RH file says LH in its header: scored as RH, flagged; its LH file came from the header (named
+    without a limb: header and limb agree, no flag); a file whose limb nothing gives is ``limb_unknown``."""
+    images, _ = _images(("/P3.dcm", "P3", None, "LH", "ok"), ("/P3-RH.dcm", "P3", None, "RH", "ok"),
+                        ("/P3-LF.jpg", "P3", None, "LF", "ok"), ("/P3-V1.dcm", "P3", "V1", None, "error"),
+                        ("/P3-RF.dcm", "P3", None, "RF", "rejected"),
+                        header_limbs=["LH", "LH", None, None, "LH"])
+    joints = pd.concat([_joints("/P3.dcm", "P3", "LH"), _joints("/P3-RH.dcm", "P3", "RH"),
+                        _joints("/P3-LF.jpg", "P3", "LF")])
+    no_visit, v1 = assemble_patients(images, joints).to_dict("records")
+    assert no_visit["qc_flags"] == ["limb_header_mismatch:RH", "missing_limb:RF", "no_limb_found:RF",
+                                    "limb_header_mismatch:RF", "partial_totals"]
+    assert no_visit["limbs"] == "LF,LH,RH" and no_visit["RH_mcp_E__1"] == 1.0
+    assert v1["visit"] == "V1" and v1["n_images"] == 1
+    assert v1["qc_flags"] == [f"missing_limb:{limb}" for limb in catalogue.LIMBS] + ["limb_unknown", "partial_totals"]
 
 
 def test_predictions_fill_from_the_other_side_then_the_median_and_say_so():

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
+
+import numpy as np
 import pandas as pd
 import pytest
 
 from ra2batch.job.config import JobConfig
-from ra2batch.job.inputs import list_inputs, parse_name
+from ra2batch.job.inputs import header_limb, list_inputs, parse_name
 
 
 @pytest.mark.parametrize("path, expected", [
@@ -23,6 +26,32 @@ def test_stem_names_patient_visit_and_limb(path, expected):
 def test_unidentifiable_names_say_what_is_expected(path):
     problem = parse_name(path)
     assert isinstance(problem, str) and "gives no patient and limb" in problem and "--manifest" in problem
+
+
+@pytest.mark.parametrize("path, expected", [
+    ("/a/UAB001.dcm", ("UAB001", None, None)),
+    ("s3://b/UAB001-V2.DICOM", ("UAB001", "V2", None)),
+    ("/a/UAB-001-V2.dcm", ("UAB-001", "V2", None)),
+    ("/a/UAB001-lh.dcm", ("UAB001", None, "LH")),  # a limb in the name is the name's, as before
+])
+def test_a_dicom_named_without_a_limb_leaves_it_to_its_header(path, expected):
+    assert parse_name(path) == expected
+
+
+@pytest.mark.parametrize("path", ["/a/UAB001.jpg", "/a/UAB001-V2.png", "/a/UAB001-LH-2.dcm", "/a/lh-V1.dcm",
+                                  "/a/UAB001-.dcm", "/a/-V2.dcm"])
+def test_names_without_a_limb_stay_unidentified_unless_dicom_and_clean(path):
+    problem = parse_name(path)
+    assert isinstance(problem, str) and "gives no patient and limb" in problem
+
+
+@pytest.mark.parametrize("laterality, body_part, limb", [
+    ("L", "HAND", "LH"), ("R", "Hand", "RH"), ("l", "foot ", "LF"), ("RIGHT", "FEET", "RF"), ("L", "HANDS", "LH"),
+    ("B", "HAND", None), ("U", "FOOT", None), ("R", "CHEST", None), (None, "HAND", None), ("L", None, None),
+])
+def test_the_dicom_header_names_a_limb_by_laterality_and_body_part(laterality, body_part, limb):
+    assert header_limb({"laterality": laterality, "body_part": body_part}) == limb
+    assert header_limb({"format": "jpeg"}) is None
 
 
 def _touch(root, *names):
@@ -160,3 +189,85 @@ def test_local_listing_follows_the_filesystem_safely(tmp_path):
     assert listing.ignored == 1  # notes.txt
     followed = list_inputs(str(archive), follow_links=True).files.set_index("path")
     assert pd.isna(followed.loc[f"{archive}/X-LH.jpg", "problem"]) and followed.loc[f"{archive}/X-LH.jpg", "size_bytes"] == 9
+
+
+def _dicom(rng: np.random.Generator, **header: str) -> bytes:
+    """A 240 x 160 noise DICOM (MONOCHROME2, 12-bit) with the given header values (``ImageLaterality``...)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "DX"
+    ds.Rows, ds.Columns = 240, 160
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.PixelData = (rng.random((240, 160)) * 4095).astype(np.uint16).tobytes()
+    for keyword, value in header.items():
+        setattr(ds, keyword, value)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR CS")  # "Hand": a spelling hospitals send
+def test_dicom_limbs_from_the_header_through_the_job_and_a_nightly_merge(ray_local, tiny_bundle, tmp_path):
+    """End to end: a DICOM named without a limb is scored as its header's limb; one whose header names
+    another limb than its name is scored as the name's and flagged; one whose limb nothing gives is
+    an error row; and a nightly merge that removes the file used for a limb scores the header-limb
+    DICOM of that limb again, so its joints replace the removed file's."""
+    from PIL import Image
+
+    from ra2batch.job import score_archive
+    from ra2batch.nightly import nightly_rescore
+    from ra2batch.output import open_output
+
+    rng = np.random.default_rng(7)
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    files = {"P1.dcm": dict(ImageLaterality="L", BodyPartExamined="HAND"),
+             "P1-RH.dcm": dict(ImageLaterality="L", BodyPartExamined="Hand"),
+             "P2-V1.dcm": dict(Laterality="R", BodyPartExamined="FOOT"),
+             "P3.dcm": dict(BodyPartExamined="HAND"),
+             "P4.dcm": dict(ImageLaterality="L", BodyPartExamined="HAND")}
+    for name, header in files.items():
+        (archive / name).write_bytes(_dicom(rng, **header))
+    Image.fromarray((rng.random((240, 160)) * 255).astype(np.uint8)).save(archive / "P4-LH.jpg", quality=80)
+    out = str(tmp_path / "out")
+
+    summary = score_archive(str(archive), out, models=tiny_bundle)
+    assert (summary.files, summary.images_ok, summary.images_error) == (6, 5, 1)
+    snapshot = open_output(out)
+    images = snapshot.to_pandas("images").set_index("path")
+    row = {name: images.loc[str(archive / name)] for name in [*files, "P4-LH.jpg"]}
+    assert (row["P1.dcm"]["limb"], row["P1.dcm"]["header_limb"], row["P1.dcm"]["status"]) == ("LH", "LH", "ok")
+    assert (row["P1-RH.dcm"]["limb"], row["P1-RH.dcm"]["header_limb"], row["P1-RH.dcm"]["status"]) == ("RH", "LH", "ok")
+    assert (row["P2-V1.dcm"]["Patient_ID"], row["P2-V1.dcm"]["visit"], row["P2-V1.dcm"]["limb"]) == ("P2", "V1", "RF")
+    assert row["P3.dcm"]["status"] == "error" and pd.isna(row["P3.dcm"]["limb"])
+    assert row["P3.dcm"]["error"].startswith("file name 'P3.dcm' gives no limb and neither does its DICOM header "
+                                             "(ImageLaterality None, BodyPartExamined 'HAND'")
+    assert row["P4-LH.jpg"]["chosen"] and not row["P4.dcm"]["chosen"]  # "P4-LH.jpg" sorts first
+    joints = snapshot.to_pandas("joints")
+    p1 = joints[joints["Patient_ID"] == "P1"]
+    assert set(p1.loc[p1["path"] == str(archive / "P1.dcm"), "limb"]) == {"LH"}
+    assert p1["joint"].str[:2].eq(p1["limb"]).all() and set(p1["limb"]) == {"LH", "RH"}
+    patients = snapshot.to_pandas("patients").set_index("Patient_ID")
+    assert "limb_header_mismatch:RH" in patients.loc["P1", "qc_flags"] and patients.loc["P1", "limbs"] == "LH,RH"
+    assert patients.loc["P2", "visit"] == "V1" and patients.loc["P2", "limbs"] == "RF"
+    assert "limb_unknown" in patients.loc["P3", "qc_flags"] and patients.loc["P3", "limbs"] == ""
+    flags = [f for p in ("P2", "P3", "P4") for f in patients.loc[p, "qc_flags"]]
+    assert not any(f.startswith("limb_header_mismatch") for f in flags)
+
+    (archive / "P4-LH.jpg").unlink()
+    nightly_rescore(str(archive), out, models=tiny_bundle)
+    snapshot = open_output(out)
+    images = snapshot.to_pandas("images").set_index("path")
+    assert str(archive / "P4-LH.jpg") not in images.index and images.loc[str(archive / "P4.dcm"), "chosen"]
+    joints = snapshot.to_pandas("joints")
+    p4 = joints[joints["Patient_ID"] == "P4"]
+    assert len(p4) and set(p4["path"]) == {str(archive / "P4.dcm")} and set(p4["limb"]) == {"LH"}
+    lh = [c for c in snapshot.to_pandas("patients").columns if c.startswith("LH_")]
+    assert snapshot.to_pandas("patients").set_index("Patient_ID").loc["P4", lh].notna().all()

@@ -56,15 +56,17 @@ def choose_images(images: pd.DataFrame) -> tuple[pd.Series, list[str]]:
     return chosen, messages
 
 
-def _limb_flags(limb: str, statuses: list[str], chosen: bool, found: set[str]) -> list[str]:
-    """QC flags of one limb of a patient visit whose files have ``statuses``."""
+def _limb_flags(limb: str, statuses: list[str], chosen: bool, found: set[str], mismatched: bool) -> list[str]:
+    """QC flags of one limb of a patient visit whose files have ``statuses``; ``mismatched``: one of
+    them is named this limb while its DICOM header names another."""
     n_files = len(statuses)
+    mismatch = [f"limb_header_mismatch:{limb}"] if mismatched else []
     if not chosen:
         return ([f"missing_limb:{limb}"] + ([f"image_error:{limb}"] if "error" in statuses else [])
-                + ([f"no_limb_found:{limb}"] if REJECTED in statuses else []))
+                + ([f"no_limb_found:{limb}"] if REJECTED in statuses else []) + mismatch)
     flags = [f"duplicate_image:{limb}"] if n_files > 1 else []
     kind = catalogue.limb_kind(limb)
-    return flags + [f"not_detected:{limb}:{c}" for c in catalogue.detector_classes(kind) if c not in found]
+    return flags + [f"not_detected:{limb}:{c}" for c in catalogue.detector_classes(kind) if c not in found] + mismatch
 
 
 _IS_EROSION = np.isin(COLUMNS, EROSION)
@@ -84,13 +86,20 @@ def assemble_patients(images: pd.DataFrame, joints: pd.DataFrame) -> pd.DataFram
 
     Only joints of chosen files count. Totals are sums of the joints present (NaN when none is) and
     are flagged ``partial_totals`` when any of the 86 joints is missing. Joints whose optional
-    ``review`` column is true (test-time augmentation disagreed) are flagged ``review:COLUMN``.
+    ``review`` column is true (test-time augmentation disagreed) are flagged ``review:COLUMN``. A
+    file whose DICOM header names another limb than its name (``header_limb``) flags
+    ``limb_header_mismatch:LIMB`` (the name's limb, which it is scored as); a file whose limb neither
+    its name nor its header gives, ``limb_unknown``.
     """
     files = _keyed(images[images[ID_COLUMN].notna()])
     used = _keyed(joints[joints["path"].isin(files.loc[files["chosen"], "path"])])
     scores = used.pivot_table(index=[ID_COLUMN, "_visit"], columns="joint", values="score", aggfunc="first")
     scores = dict(zip(scores.index, scores.reindex(columns=list(COLUMNS)).to_numpy(float)))
     statuses = files.groupby(_LIMB_KEY)["status"].agg(list).to_dict()
+    header = files["header_limb"]
+    mismatched = set(files.loc[header.notna() & (header != files["limb"]), _LIMB_KEY].itertuples(index=False,
+                                                                                                 name=None))
+    unplaced = set(files.loc[files["limb"].isna(), [ID_COLUMN, "_visit"]].itertuples(index=False, name=None))
     chosen = set(files.loc[files["chosen"], _LIMB_KEY].itertuples(index=False, name=None))
     found: dict[tuple[str, str, str], set[str]] = {}
     for *limb_key, crop_class in used[[*_LIMB_KEY, "crop_class"]].drop_duplicates().itertuples(index=False):
@@ -106,7 +115,10 @@ def assemble_patients(images: pd.DataFrame, joints: pd.DataFrame) -> pd.DataFram
         values = scores.get((pid, visit), empty)
         flags = [f for limb in LIMBS for f in _limb_flags(limb, statuses.get((pid, visit, limb), []),
                                                            (pid, visit, limb) in chosen,
-                                                           found.get((pid, visit, limb), set()))]
+                                                           found.get((pid, visit, limb), set()),
+                                                           (pid, visit, limb) in mismatched)]
+        if (pid, visit) in unplaced:
+            flags.append("limb_unknown")
         if np.isnan(values).any():
             flags.append("partial_totals")
         flags += review.get((pid, visit), [])

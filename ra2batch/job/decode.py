@@ -19,7 +19,7 @@ import pyarrow.fs as pafs
 import ray
 
 from ra2batch.imaging.readers import SCORING_MAX_SIDE, ImageDecodeError, decode
-from ra2batch.job.inputs import fs_path
+from ra2batch.job.inputs import fs_path, header_limb, no_limb_problem
 from ra2batch.job.tables import DECODED, pack_pixels
 from ra2batch.output.schema import BUCKET, ID_FIELDS
 
@@ -55,7 +55,10 @@ def _read_one(fs: pafs.FileSystem, row: dict[str, Any]) -> tuple[dict[str, Any],
 
 
 def _decode_one(out: dict[str, Any], data: bytes | None) -> dict[str, Any]:
-    """``out`` completed with the pixels of ``data`` (status ``ok``), or with why they cannot be had."""
+    """``out`` completed with the pixels of ``data`` (status ``ok``), or with why they cannot be had.
+
+    The DICOM header's limb is kept as ``header_limb``; a file named without a limb takes it (the
+    listing never reads a file), and one whose header names none either is an error."""
     if data is None:
         return out
     try:
@@ -63,6 +66,11 @@ def _decode_one(out: dict[str, Any], data: bytes | None) -> dict[str, Any]:
     except Exception as e:  # any failure to decode one file is that file's error, never the job's
         message = str(e) if isinstance(e, ImageDecodeError) else f"{type(e).__name__}: {e}"
         out["error"] = message.removeprefix(f"{out['path']}: ").splitlines()[0]
+        return out
+    out["header_limb"] = header_limb(image.meta)
+    out["limb"] = out["limb"] or out["header_limb"]
+    if out["limb"] is None:
+        out["error"] = no_limb_problem(out["path"], image.meta)
         return out
     width, height = image.original_size
     out.update(status="ok", error=None, width=int(width), height=int(height), decoded_width=image.width,

@@ -2,9 +2,12 @@
 
 The archive is listed once on the driver (paths, sizes and modification times, never the bytes);
 a local folder safely (links that loop, dangle or leave it, FIFOs, sockets and devices are entries
-with a problem, never read). Each file is identified by its stem, ``{Patient_ID}-{limb}`` or ``{Patient_ID}-{visit}-{limb}``, or by a manifest
-for archives named otherwise. A file that cannot be identified is kept with a ``problem`` so that it
-becomes an images row with status ``error``: every listed file is accounted for.
+with a problem, never read). Each file is identified by its stem, ``{Patient_ID}-{limb}`` or
+``{Patient_ID}-{visit}-{limb}``, or by a manifest for archives named otherwise. A DICOM file
+(``.dcm``, ``.dicom``) may leave the limb out, ``{Patient_ID}`` or ``{Patient_ID}-{visit}`` (no part a
+limb code): its limb is then its header's (:func:`header_limb`), read where it is decoded, never on
+the driver. A file that cannot be identified is kept with a ``problem`` so that it becomes an images
+row with status ``error``: every listed file is accounted for.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import errno
 import os
 import stat
 from dataclasses import dataclass
-from typing import Any, Sequence
+from pathlib import PurePosixPath
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 import pyarrow as pa
@@ -45,36 +49,80 @@ def is_radiograph(path: str) -> bool:
 #: dashes (``Patient_ID`` may hold dashes itself), or at its only one.
 _NAME = r"(?P<name>(?P<stem>[^/]*?)(?:\.[^./]*)?)$"
 _STEM = r"^(?:(?P<pid_visit>.*)-(?P<visit>[^-]*)|(?P<pid>[^-]*))-(?P<limb>[^-]*)$"
+#: A DICOM stem without its limb: ``{Patient_ID}`` or ``{Patient_ID}-{visit}``, split at its last dash;
+#: a stem with a part that is a limb code (``P1-LH-2``) is a misnamed file, not one of these.
+_BARE_STEM = r"^(?:(?P<pid_visit>.*)-(?P<visit>[^-]*)|(?P<pid>[^-]*))$"
+_LIMB_PART = "(?i)(^|-)(" + "|".join(LIMBS) + ")(-|$)"
+_DICOM_NAME = r"(?i)\.(dcm|dicom)$"
+
+
+def _patient_visit(parts: pa.StructArray) -> tuple[pa.Array, pa.Array]:
+    """``Patient_ID`` and visit of stems matched by ``_STEM`` or ``_BARE_STEM``."""
+    bare = pc.equal(parts.field("pid_visit"), "")
+    return (pc.if_else(bare, parts.field("pid"), parts.field("pid_visit")),
+            pc.if_else(bare, pa.scalar(None, pa.string()), parts.field("visit")))
+
+
+def _placed(pid: pa.Array, visit: pa.Array) -> pa.Array:
+    """A patient is named, and a visit too where the stem has one."""
+    return pc.fill_null(pc.and_(pc.not_equal(pid, ""), pc.or_kleene(pc.is_null(visit), pc.not_equal(visit, ""))),
+                        False)
 
 
 def parse_names(paths: pd.Series) -> pd.DataFrame:
     """``Patient_ID``, ``visit``, ``limb`` and ``problem`` of each file from its stem, vectorised (an
     archive lists hundreds of thousands): ``{Patient_ID}-{limb}`` or ``{Patient_ID}-{visit}-{limb}``,
-    the limb in any case. A name that gives no patient and limb gets a one-line ``problem`` instead."""
+    the limb in any case; a DICOM file's stem may leave the limb out (``limb`` null: its header's). A
+    name that gives no patient and limb gets a one-line ``problem`` instead."""
     found = pc.extract_regex(pa.array(paths.astype(object), pa.string()), _NAME)
-    parts = pc.extract_regex(found.field("stem"), _STEM)
-    pid = pc.if_else(pc.equal(parts.field("pid_visit"), ""), parts.field("pid"), parts.field("pid_visit"))
-    visit = pc.if_else(pc.equal(parts.field("pid_visit"), ""), pa.scalar(None, pa.string()), parts.field("visit"))
+    stem = found.field("stem")
+    parts = pc.extract_regex(stem, _STEM)
+    pid, visit = _patient_visit(parts)
     limb = pc.utf8_upper(parts.field("limb"))
-    ok = pc.fill_null(pc.and_(pc.and_(pc.is_in(limb, value_set=pa.array(LIMBS)), pc.not_equal(pid, "")),
-                              pc.or_kleene(pc.is_null(visit), pc.not_equal(visit, ""))), False)
+    named = pc.and_(pc.fill_null(pc.is_in(limb, value_set=pa.array(LIMBS)), False), _placed(pid, visit))
+    bare_pid, bare_visit = _patient_visit(pc.extract_regex(stem, _BARE_STEM))
+    from_header = pc.and_(pc.and_(pc.invert(named), pc.match_substring_regex(found.field("name"), _DICOM_NAME)),
+                          pc.and_(pc.invert(pc.match_substring_regex(stem, _LIMB_PART)), _placed(bare_pid, bare_visit)))
     problem = pc.binary_join_element_wise("file name '", found.field("name"),
                                           f"' gives no patient and limb ({_NAMING})", "")
 
     def keep(values: pa.Array, where: pa.Array) -> list:
         return pc.if_else(where, values, pa.scalar(None, pa.string())).to_pylist()
 
-    return pd.DataFrame({ID_COLUMN: keep(pid, ok), "visit": keep(visit, ok), "limb": keep(limb, ok),
-                         "problem": keep(problem, pc.invert(ok))}, index=paths.index, dtype=object)
+    return pd.DataFrame({ID_COLUMN: keep(pc.if_else(named, pid, bare_pid), pc.or_(named, from_header)),
+                         "visit": keep(pc.if_else(named, visit, bare_visit), pc.or_(named, from_header)),
+                         "limb": keep(limb, named), "problem": keep(problem, pc.invert(pc.or_(named, from_header)))},
+                        index=paths.index, dtype=object)
 
 
 def parse_name(path: str) -> tuple[str, str | None, str] | str:
     """:func:`parse_names` of one file: ``(Patient_ID, visit, limb)``, or the problem.
 
-    ``UAB001-LH.jpg`` gives ``("UAB001", None, "LH")``; ``UAB001-V2-rh.dcm`` gives ``("UAB001", "V2", "RH")``.
+    ``UAB001-LH.jpg`` gives ``("UAB001", None, "LH")``; ``UAB001-V2-rh.dcm`` gives ``("UAB001", "V2", "RH")``;
+    ``UAB001-V2.dcm`` gives ``("UAB001", "V2", None)``: its header names the limb.
     """
     row = parse_names(pd.Series([path])).iloc[0]
     return row["problem"] if row["problem"] is not None else (row[ID_COLUMN], row["visit"], row["limb"])
+
+
+#: How a DICOM header names a limb: ImageLaterality (or Laterality) and BodyPartExamined, any case.
+_SIDES = {"L": "L", "LEFT": "L", "R": "R", "RIGHT": "R"}
+_BODY_PARTS = {"HAND": "H", "HANDS": "H", "FOOT": "F", "FEET": "F"}
+
+
+def header_limb(meta: Mapping[str, Any]) -> str | None:
+    """The limb a decoded DICOM's header gives (``readers.Radiograph.meta``: ``laterality`` L or R and
+    ``body_part`` HAND or FOOT make ``LH`` ... ``RF``), else ``None`` (no header, or B, CHEST...)."""
+    side = _SIDES.get(str(meta.get("laterality") or "").strip().upper())
+    part = _BODY_PARTS.get(str(meta.get("body_part") or "").strip().upper())
+    return side + part if side and part else None
+
+
+def no_limb_problem(path: str, meta: Mapping[str, Any]) -> str:
+    """Why a DICOM named without a limb cannot be placed: its header names none either."""
+    return (f"file name '{PurePosixPath(path).name}' gives no limb and neither does its DICOM header "
+            f"(ImageLaterality {meta.get('laterality')!r}, BodyPartExamined {meta.get('body_part')!r}; "
+            f"L or R with HAND or FOOT name one): {_NAMING}")
 
 
 def fs_path(uri: str) -> str:

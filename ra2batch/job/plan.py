@@ -85,7 +85,8 @@ def merge_plan(listing: pd.DataFrame, current: Snapshot, model_version: str, ful
     model version, or all with ``full``; mark catalogued files that vanished as removed.
 
     A file that shares its patient, visit and limb with one of those is scored again too: which of
-    duplicate files is used may change, and the joints table only holds the used file's joints.
+    duplicate files is used may change, and the joints table only holds the used file's joints. So is
+    a file of that patient named without a limb, whose limb is known only once decoded.
     """
     catalogue = current.to_pandas("catalogue", columns=["path", ID_COLUMN, "visit", "limb", "size_bytes", "mtime",
                                                         "model_version", "status", BUCKET])
@@ -96,9 +97,12 @@ def merge_plan(listing: pd.DataFrame, current: Snapshot, model_version: str, ful
                | (seen["mtime"] != seen["mtime_seen"]) | (seen["model_version"] != model_version))
     score = changed.fillna(True).to_numpy(bool) | full
     gone = live[~_isin(live["path"], listing["path"])]
-    touched = pd.concat([listing[score & listing[ID_COLUMN].notna().to_numpy()], gone])
+    # a file named without a limb takes its DICOM header's when decoded: the limb it had before counts
+    # as touched too, and such a file beside a touched one of its patient is scored again
+    before = live[_isin(live["path"], listing.loc[score, "path"])]
+    touched = pd.concat([listing[score & listing[ID_COLUMN].notna().to_numpy()], gone, before])
     near = _isin(listing[ID_COLUMN], set(touched[ID_COLUMN].dropna()))  # few rows: keys built for them only
-    score[near] |= _isin(_keys(listing[near]), set(_keys(touched)))
+    score[near] |= _isin(_keys(listing[near]), set(_keys(touched))) | listing.loc[near, "limb"].isna().to_numpy()
     files = _with_buckets(listing[score], current.buckets)
 
     removed = pa.Table.from_pandas(gone[["path", ID_COLUMN, "visit", "limb", BUCKET]].assign(record="removed"),

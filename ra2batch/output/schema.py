@@ -37,7 +37,8 @@ ID_FIELDS = [
     described(ID_COLUMN, pa.string(), "patient identifier, from the file name ({Patient_ID}-{limb}); "
               "null when the name gives none"),
     described("visit", pa.string(), "visit, from the file name; null without visits"),
-    described("limb", pa.string(), "LH, RH, LF or RF (left/right hand/foot); null when unknown"),
+    described("limb", pa.string(), "LH, RH, LF or RF (left/right hand/foot), from the file name, or the DICOM "
+              "header of a file named without one; null when unknown"),
 ]
 
 #: What the decode stage learns about a file (``mtime``: the store's modification time when listed).
@@ -51,6 +52,8 @@ FILE_FIELDS = [
               "pixels"),
     described("format", pa.string(), "image format the bytes were decoded as (jpeg, png, dicom); null on error"),
     described("bits", pa.int64(), "bits per sample of the stored image (8 or 16)", "bits"),
+    described("header_limb", pa.string(), "the limb the file's DICOM header names (ImageLaterality or Laterality "
+              "L/R with BodyPartExamined HAND/FOOT); null when it names none"),
     described("size_bytes", pa.int64(), "size of the file", "bytes"),
     described("content_hash", pa.string(), "sha256 of the file's bytes, hex"),
     described("mtime", TIMESTAMP, "the store's modification time of the file when listed (UTC)"),
@@ -165,7 +168,8 @@ PATIENTS = pa.schema(
        described("limbs", pa.string(), "limbs whose radiograph was used, comma-separated, e.g. LF,LH,RF,RH"),
        described("qc_flags", pa.list_(pa.string()), "quality-control notes, e.g. missing_limb:RF, "
                  "no_limb_found:LH, not_detected:LH:fin_2, partial_totals, duplicate_image:LH, review:COLUMN, "
-                 "filled:COLUMN (filled in predictions.csv)")]
+                 "filled:COLUMN (filled in predictions.csv), limb_header_mismatch:LH (a file named LH whose "
+                 "DICOM header names another limb; scored as LH), limb_unknown")]
     + RUN_FIELDS + [_BUCKET_FIELD],
     metadata={"description": "one row per patient visit: totals and the 86 RA2 joint scores"},
 )
