@@ -126,11 +126,14 @@ def _kill_after_publishing(m):
 def test_a_run_killed_at_any_point_leaves_the_tables_of_one_run(store, warm_pool, tiny_bundle, monkeypatch):
     from ra2batch.evaluate import read_table
     from ra2batch.output import history
+    from ra2batch.storage import resolve
 
     _score = _score_warm
     first = _score(store, tiny_bundle)
     before = _state(store)
     assert before[:5] == (1, first.run_id, 2, 8, 2 * 86) and len(before[5]) == 1
+    dictionary = resolve(store.out, store.options).read_bytes("DATA_DICTIONARY.md").decode()
+    assert "## patients" in dictionary and "| `LH_mcp_E__2` | double | SvdH points | 0-5 |" in dictionary
     store.add("K3")
     for kill in (_kill_in_reduce, _kill_between_tables, _kill_before_publishing):
         with monkeypatch.context() as m:

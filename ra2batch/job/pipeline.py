@@ -61,6 +61,7 @@ from ra2batch.job.tables import REDUCE
 from ra2batch.models import BundleError, ModelBundle, load_bundle
 from ra2batch.output import OutputBusy, Snapshot
 from ra2batch.output.delta import CommitConflict
+from ra2batch.output.dictionary import write_dictionary
 from ra2batch.output.schema import BUCKET, PATIENTS, TABLES
 from ra2batch.output.runs import RunLease
 from ra2batch.output.writer import (PREDICTIONS, check_output, commit_tables, install_predictions, repair,
@@ -354,8 +355,9 @@ def write_run(run: RunLease, plan: RunPlan, stream: ray.data.Dataset | None, mod
               medians: dict[str, float], expected: dict[str, int], **manifest: Any) -> tuple[dict[str, Any], Totals]:
     """The writing half of a run on the output ``run`` holds: the reduce stage over ``stream`` (``REDUCE``
     rows of the plan's files), one commit per table (on the ``expected`` versions), predictions.csv
-    streamed from the new patients table, then the manifest (with ``manifest``'s extra columns) and
-    the predictions.csv copy. Returns the published ``runs`` row and the reduce stage's totals."""
+    streamed from the new patients table, then the manifest (with ``manifest``'s extra columns),
+    the predictions.csv copy and DATA_DICTIONARY.md. Returns the published ``runs`` row and the
+    reduce stage's totals."""
     out = run.out
     totals = reduce_and_write(stream, plan, ReducePlan(out, run.run_id, model_version, dt.datetime.now(dt.timezone.utc),
                                                        medians, plan.existing))
@@ -374,6 +376,7 @@ def write_run(run: RunLease, plan: RunPlan, stream: ray.data.Dataset | None, mod
         "images_rejected": totals["images_rejected"], "patients": totals["patients"], "joints": totals["joints"],
         **manifest})
     install_predictions(out, staged[0])
+    write_dictionary(out)
     return row, totals
 
 

@@ -70,13 +70,17 @@ def entries(schemas: dict[str, pa.Schema]) -> list[Entry]:
                   _meta(f.metadata, "description")) for name, schema in schemas.items() for f in schema]
 
 
+def _cell(text: str) -> str:
+    """``text`` as a Markdown table cell: a pipe would end it."""
+    return text.replace("|", "\\|")
+
+
 def _markdown(schemas: dict[str, pa.Schema], source: str) -> str:
-    cell = lambda text: text.replace("|", "\\|")  # noqa: E731 - a pipe would end the Markdown cell
     lines = ["# ra2batch data dictionary", "", source]
     for name, schema in schemas.items():
-        lines += ["", f"## {name}", "", cell(_meta(schema.metadata, "description")), "",
+        lines += ["", f"## {name}", "", _cell(_meta(schema.metadata, "description")), "",
                   "| field | type | unit | range | description |", "|---|---|---|---|---|"]
-        lines += [f"| `{e.field}` | {e.type} | {e.unit} | {e.range} | {cell(e.description)} |"
+        lines += [f"| `{e.field}` | {e.type} | {e.unit} | {e.range} | {_cell(e.description)} |"
                   for e in entries({name: schema})]
     return "\n".join(lines) + "\n"
 
