@@ -110,7 +110,8 @@ def test_training_writes_a_bundle_with_held_out_metrics(cohort, local_ray, tmp_p
     evaluated = json.loads(capsys.readouterr().out)
     assert evaluated["n_patients"] == len(held_out)
     for key in ("sc1", "sc2", "sc3"):
-        assert evaluated[key] == pytest.approx(held[key], rel=1e-9, abs=1e-12), key
+        # equal but for float rounding: batch mates change a convolution's summation order (~1e-8)
+        assert evaluated[key] == pytest.approx(held[key], rel=1e-6), key
 
 
 def test_an_interrupted_run_resumes_at_the_saved_epoch(cohort, local_ray, tmp_path):
