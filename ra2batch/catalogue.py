@@ -132,6 +132,32 @@ def joints_for(limb: str | None = None, crop: str | None = None, damage: str | N
     ]
 
 
+#: Clinical names of the wrist sites (``Joint.number`` of a wrist joint), as the Sharp/van der Heijde method
+#: names its areas: erosion at six bones, narrowing at six joints.
+_WRIST_SITE_NAMES = {
+    "mc1": "first metacarpal base", "mul": "trapezium–trapezoid", "nav": "scaphoid", "lunate": "lunate",
+    "radius": "distal radius", "ulna": "distal ulna", "cmc3": "CMC 3", "cmc4": "CMC 4", "cmc5": "CMC 5",
+    "mna": "scaphoid–trapezium", "capnlun": "capitate–scaphoid–lunate", "radcar": "radiocarpal",
+}
+
+
+def clinical_name(column: str) -> str:
+    """How a rheumatologist names an RA2 column: side, joint, damage type, e.g. ``"right MCP 3, erosion"``,
+    ``"left thumb IP, erosion"``, ``"left big toe IP, narrowing"``, ``"left wrist, capitate–scaphoid–lunate,
+    narrowing"``; derived from the column's :class:`Joint` fields."""
+    joint = BY_COLUMN.get(column)
+    if joint is None:
+        raise KeyError(f"{column!r} is not an RA2 column")
+    if joint.site == "wrist":
+        where = f"wrist, {_WRIST_SITE_NAMES[joint.number]}"
+    elif joint.number == "ip":
+        where = f"{'thumb' if joint.kind == 'hand' else 'big toe'} IP"
+    else:
+        where = f"{joint.site.upper()} {joint.number}"
+    side = "left" if joint.side == "L" else "right"
+    return f"{side} {where}, {'erosion' if joint.damage == 'E' else 'narrowing'}"
+
+
 def column_for(limb: str, crop: str, damage: str, slot: int) -> str:
     """The RA2 column that output ``slot`` of a ``(crop, damage)`` model means on ``limb``."""
     for j in JOINTS:

@@ -3,8 +3,8 @@ through ``ra2batch.output`` (the published version of each table)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
 
 import pandas as pd
 import pyarrow.dataset as pads
@@ -20,15 +20,19 @@ class ResultsError(ValueError):
 
 @dataclass(frozen=True)
 class ScoredResults:
-    """The three output tables; ``visit`` is ``""`` where the job stored null (no visits)."""
+    """The three output tables (``visit`` is ``""`` where the job stored null: no visits) and ``run``, the
+    manifest of the run that published them (a ``runs`` row: its bundle, model version, crop geometry)."""
 
     images: pd.DataFrame
     joints: pd.DataFrame
     patients: pd.DataFrame
+    run: Mapping[str, Any] = field(default_factory=dict)
 
-    def of(self, table: str, patient_id: str, visit: str) -> pd.DataFrame:
-        df = getattr(self, table)
-        return df[(df[ID_COLUMN] == patient_id) & (df["visit"] == visit)]
+
+def by_visit(table: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
+    """The rows of an output table per ``(Patient_ID, visit)``, grouped once (a lookup per patient
+    would scan the whole table each time)."""
+    return {(str(k[0]), str(k[1])): rows for k, rows in table.groupby([ID_COLUMN, "visit"], sort=False)}
 
 
 def load_results(uri: str, storage_options: dict[str, Any] | None = None,
@@ -57,4 +61,4 @@ def load_results(uri: str, storage_options: dict[str, Any] | None = None,
         if unknown:
             raise ResultsError(f"patient(s) not in {snapshot.out.uri_of('patients')}: {', '.join(unknown)}")
     return ScoredResults(images.reset_index(drop=True), joints.reset_index(drop=True),
-                         pats.sort_values([ID_COLUMN, "visit"]).reset_index(drop=True))
+                         pats.sort_values([ID_COLUMN, "visit"]).reset_index(drop=True), dict(snapshot.run))

@@ -2,23 +2,19 @@
 
 Layout under ``dest``::
 
-    index.html                      sortable patient list (inline script, no network)
+    index.html                      every patient visit in review order (``report.index``)
     patients/<key>.html             one patient visit
     patients/<key>/<limb>.jpg       the radiograph, downscaled for display (boxes are drawn in SVG)
-    patients/<key>/<limb>_<crop_class>_<group>.png   joint crop with its attention heat map
+    patients/<key>/<limb>_<crop_class>_<group>.png   the joint crop the model scored, with its attention
 
-Everything is relative, so the folder opens from disk or any static host.
+Everything is relative, so the folder opens from disk or any static host. Joints are named clinically
+(``catalogue.clinical_name``), scores shown beside their nearest whole grade, and the joints and
+patients to review are the report's rule (``report.review``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
-import re
 import sys
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -30,55 +26,39 @@ from PIL import Image
 from ra2batch import catalogue
 from ra2batch.catalogue import ID_COLUMN
 from ra2batch.imaging.readers import SCORING_MAX_SIDE, Radiograph, decode
-from ra2batch.models.crops import cut, is_mirrored
-from ra2batch.models.plan import PLAN
-from ra2batch.report import charts
-from ra2batch.report.overlay import HEAT_CMAP, attention_overlay
-from ra2batch.report.results import ScoredResults
+from ra2batch.report import charts, review
+from ra2batch.report.index import write_index
+from ra2batch.report.names import box_label, crop_name, limb_name
+from ra2batch.report.overlay import (
+    HEAT_CMAP,
+    CropGeometry,
+    attention_overlay,
+    model_crop,
+    plan_geometry,
+)
+from ra2batch.report.pages import (
+    flag_chips,
+    fmt,
+    missing,
+    page,
+    page_keys,
+    shown_flags,
+    text,
+)
+from ra2batch.report.results import ScoredResults, by_visit
 from ra2batch.storage import resolve
 
-#: Longest side of a radiograph as stored for display, pixels.
+#: Longest side of a radiograph as stored for display, pixels (it is drawn at ``charts.RADIOGRAPH_SIDE``;
+#: the rest is for zooming in).
 DISPLAY_SIDE = 1000
-#: Crop shape (height, width) for groups the plan does not know, pixels.
-FALLBACK_CROP_SHAPE = (160, 160)
-
-
-@dataclass(frozen=True)
-class CropGeometry:
-    """How to re-cut the crop each joint model saw: ``(height, width)`` per group and the box margin."""
-
-    shapes: dict[str, tuple[int, int]] = field(default_factory=lambda: {g.name: g.crop_shape for g in PLAN.groups})
-    margin: float = 0.1
-    override: int | None = None  # one height for every group, aspect kept (e.g. smaller pages)
-
-    def shape(self, group: str) -> tuple[int, int]:
-        h, w = self.shapes.get(group, FALLBACK_CROP_SHAPE)
-        if self.override:
-            return self.override, max(1, round(self.override * w / h))
-        return h, w
-
-
-def geometry_from_bundle(uri: str, storage_options: dict[str, Any] | None = None,
-                         override: int | None = None) -> CropGeometry:
-    """Crop shapes and margin from a bundle's ``bundle.json`` (no weights are read)."""
-    from ra2batch.models.manifest import Manifest
-
-    manifest = Manifest.model_validate_json(resolve(uri, storage_options).read_bytes("bundle.json"))
-    return CropGeometry({g.name: g.crop_shape for g in manifest.plan.groups},
-                        manifest.preprocessing.crop_margin, override)
-
-
-def page_key(patient_id: str, visit: str) -> str:
-    """A file-name-safe, readable key; a short hash is added when characters had to be replaced."""
-    raw = patient_id + (f"_{visit}" if visit else "")
-    safe = re.sub(r"[^A-Za-z0-9_-]", "_", raw)
-    return safe if safe == raw else f"{safe}-{hashlib.sha256(raw.encode()).hexdigest()[:8]}"
+#: Height of every joint crop on the page, CSS pixels (aspect kept; the PNG is the model's own size).
+CROP_HEIGHT = 192
 
 
 class _Radiographs:
     """Decoded images by path, read once; a failure is kept as its one-line message. Images are
-    decoded as the scoring job decodes them (at most ``SCORING_MAX_SIDE`` pixels a side), so the
-    report's memory is bounded as the job's is; boxes, in the file's pixels, are scaled to them."""
+    decoded as the scoring job decodes them (at most ``SCORING_MAX_SIDE`` pixels a side), so crops are
+    the model's and the report's memory is bounded as the job's is."""
 
     def __init__(self, storage_options: dict[str, Any] | None):
         self._options = storage_options
@@ -98,55 +78,45 @@ class _Radiographs:
         return [v for v in self._cache.values() if isinstance(v, str)]
 
 
-def _missing(v: Any) -> bool:
-    return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
-
-
-def _fmt(v: Any, digits: int = 1) -> str:
-    return "—" if _missing(v) else f"{float(v):.{digits}f}"
-
-
-def _text(v: Any) -> str:
-    return "—" if _missing(v) or v == "" else escape(str(v))
-
-
-def _num(v: Any) -> str:
-    return "" if _missing(v) else repr(float(v))
-
-
-def _needs_review(joints: pd.DataFrame, flags: list[str]) -> bool:
-    return bool(joints["review"].any()) or any(f.startswith("review:") for f in flags)
-
-
-def _flag_chips(flags: list[str], compact: bool) -> str:
-    """QC flags as chips; ``compact`` groups them by kind (``filled ×12``) with the full list as a tooltip."""
-    if not flags:
-        return '<span class="ok">none</span>'
-    if not compact:
-        return " ".join(f'<span class="chip {escape(f.split(":")[0])}">{escape(f)}</span>' for f in flags)
-    kinds: dict[str, list[str]] = {}
-    for f in flags:
-        kinds.setdefault(f.split(":")[0], []).append(f)
-    return " ".join(
-        f'<span class="chip {escape(k)}" title="{escape(", ".join(v))}">{escape(k)}'
-        f'{f" ×{len(v)}" if len(v) > 1 else ""}</span>' for k, v in kinds.items())
-
-
-def _page(title: str, body: str, script: str = "") -> str:
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{escape(title)}</title><style>{CSS}</style></head>"
-            f"<body>{body}{f'<script>{script}</script>' if script else ''}</body></html>\n")
-
-
 def _score_charts(joints: pd.DataFrame) -> str:
-    marks = {r.joint: charts.JointMark(float(r.score), float(r.uncertainty), bool(r.review))
+    marks = {r.joint: charts.JointMark(float(r.score), float(r.uncertainty), bool(r.flagged))
              for r in joints.itertuples()}
     rows = []
     for damage, name in (("E", "Erosion"), ("J", "Joint-space narrowing")):
         panels = "".join(charts.limb_chart(limb, damage, marks) for limb in catalogue.LIMBS)
         rows.append(f'<h3>{name}</h3><div class="limbs">{panels}</div>')
-    return "".join(rows) + charts.score_legend()
+    note = ('<p class="note">Each circle is a joint, coloured by its score and labelled with the nearest whole '
+            "grade; hover for the joint's name, score and flip disagreement. Red rings: joints to review; "
+            "hollow: not found on the radiograph.</p>")
+    return note + "".join(rows) + charts.score_legend()
+
+
+def _boxes(joints: pd.DataFrame, limb: str) -> tuple[list[charts.BoxMark], str]:
+    """The detector boxes of one radiograph, and their confidences in words (for the caption)."""
+    order = {c: i for i, c in enumerate(catalogue.detector_classes(catalogue.limb_kind(limb)))}
+    found = joints[joints["limb"] == limb].drop_duplicates("crop_class")
+    found = found.sort_values("crop_class", key=lambda c: c.map(order))
+    marks = [charts.BoxMark(r.box_x0, r.box_y0, r.box_x1, r.box_y1, box_label(r.crop_class),
+                            f"{crop_name(limb, r.crop_class)}: detector confidence {r.detector_score:.2f}")
+             for r in found.itertuples()]
+    words = ", ".join(f"{box_label(r.crop_class)}: {r.detector_score:.2f}" for r in found.itertuples())
+    return marks, words
+
+
+def _missing_figure(limb: str, why: str) -> str:
+    return (f'<figure class="radiograph" style="width:{charts.RADIOGRAPH_SIDE * 3 // 4}px">'
+            f'<div class="missing">{escape(why)}</div>'
+            f"<figcaption>{limb_name(limb)}</figcaption></figure>")
+
+
+def _save_for_display(image: Radiograph, path: Path) -> None:
+    """The radiograph as a JPEG of at most ``DISPLAY_SIDE`` pixels a side."""
+    h, w = image.levels.shape
+    scale = min(1.0, DISPLAY_SIDE / max(h, w))
+    shown = Image.fromarray(np.round(image.pixels * 255).astype(np.uint8))
+    if scale < 1:
+        shown = shown.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS)
+    shown.save(path, quality=88)
 
 
 def _radiographs(images: pd.DataFrame, joints: pd.DataFrame, key: str, folder: Path,
@@ -156,249 +126,186 @@ def _radiographs(images: pd.DataFrame, joints: pd.DataFrame, key: str, folder: P
     for limb in catalogue.LIMBS:
         rows = chosen[chosen["limb"] == limb]
         if rows.empty:
-            figures.append(f'<figure class="radiograph missing"><div>no {limb} image</div>'
-                           f"<figcaption>{limb}</figcaption></figure>")
+            figures.append(_missing_figure(limb, f"no {limb_name(limb)} radiograph"))
             continue
         path = str(rows.iloc[0]["path"])
         image = pictures.get(path)
         if isinstance(image, str):
-            figures.append(f'<figure class="radiograph missing"><div>{escape(image)}</div>'
-                           f"<figcaption>{limb}</figcaption></figure>")
+            figures.append(_missing_figure(limb, image))
             continue
-        h, w = image.levels.shape
-        scale = min(1.0, DISPLAY_SIDE / max(h, w))
-        shown = Image.fromarray(np.round(image.pixels * 255).astype(np.uint8))
-        if scale < 1:
-            shown = shown.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS)
-        shown.save(folder / f"{limb}.jpg", quality=88)
-        boxes = [charts.BoxMark(r.box_x0, r.box_y0, r.box_x1, r.box_y1, f"{r.crop_class} {r.detector_score:.2f}")
-                 for r in joints[joints["limb"] == limb].drop_duplicates("crop_class").itertuples()]
+        _save_for_display(image, folder / f"{limb}.jpg")
+        boxes, confidences = _boxes(joints, limb)
         width, height = image.original_size  # the boxes' pixels
-        figures.append(f'<figure class="radiograph">{charts.radiograph(f"{key}/{limb}.jpg", width, height, boxes)}'
-                       f"<figcaption>{limb} · {escape(path)}</figcaption></figure>")
-    return f'<div class="radiographs">{"".join(figures)}</div>'
+        figures.append(
+            f'<figure class="radiograph" style="width:{charts.display_size(width, height)[0]}px">'
+            f'{charts.radiograph(f"{key}/{limb}.jpg", width, height, boxes)}'
+            f"<figcaption><b>{limb_name(limb)}</b> · detector confidence by box — {confidences or 'no boxes'}"
+            f'<br><span class="path">{escape(path)}</span></figcaption></figure>')
+    note = ('<p class="note">Boxes are the detector\'s, numbered by digit (1: thumb or big toe); hover for '
+            "the crop's name and confidence.</p>")
+    return f'{note}<div class="radiographs">{"".join(figures)}</div>'
 
 
-def _joint_caption(rows: pd.DataFrame) -> str:
+def _joint_rows(rows: pd.DataFrame) -> str:
+    """One table row per joint: its clinical name, score beside grade, flip disagreement, review mark."""
     lines = []
     for r in rows.itertuples():
-        unc = "" if math.isnan(r.uncertainty) else f" (Δflip {r.uncertainty:.2f})"
-        flag = ' <b class="review-mark">review</b>' if r.review else ""
-        lines.append(f"{escape(r.joint)}: {r.score:.2f}{unc}{flag}")
-    return "<br>".join(lines)
+        top = catalogue.BY_COLUMN[r.joint].max_score
+        flag = ' <span class="review-mark">review</span>' if r.flagged else ""
+        lines.append(f"<tr><td>{escape(catalogue.clinical_name(r.joint))}{flag}</td>"
+                     f"<td>{charts.score_text(r.score, top)}</td><td class=\"num\">{fmt(r.uncertainty, 2)}</td></tr>")
+    return "".join(lines)
 
 
-def _crop_figure(limb: str, rows: pd.DataFrame, key: str, folder: Path, pictures: _Radiographs,
-                 geometry: CropGeometry) -> str:
-    """One (limb, crop class, group): the re-cut crop with its attention overlay, and the joints it scored."""
-    first = rows.iloc[0]
+def _crop_picture(limb: str, first: pd.Series, key: str, folder: Path, pictures: _Radiographs,
+                  geometry: CropGeometry, height: int) -> str:
+    """The crop a joint model scored with its attention heat map, as an ``<img>`` ``height`` CSS pixels
+    tall (aspect kept), or why it cannot be shown."""
     crop_class, group = str(first["crop_class"]), str(first["group"])
-    height, width = geometry.shape(group)
     image = pictures.get(str(first["path"]))
     att = np.asarray(first["attention"], dtype=np.float32)
     ah, aw = int(first["attention_h"]), int(first["attention_w"])
-    problem = image if isinstance(image, str) else None
-    if problem is None and att.size != ah * aw:
-        problem = f"attention has {att.size} values, not {ah}x{aw}"
-    if problem is None:
-        box = tuple(first[c] * image.scale for c in ("box_x0", "box_y0", "box_x1", "box_y1"))
-        try:
-            crop = cut(image.pixels, box, (height, width), is_mirrored(limb), margin=geometry.margin)
-        except ValueError as e:
-            problem = str(e)
-    if problem is None:
-        name = f"{limb}_{crop_class}_{group}.png"
-        Image.fromarray(attention_overlay(crop, att.reshape(ah, aw))).save(folder / name)
-        picture = (f'<img class="overlay" src="{key}/{escape(name)}" width="{width}" height="{height}" '
-                   f'data-limb="{limb}" data-crop-class="{escape(crop_class)}" data-group="{escape(group)}" '
-                   f'alt="{limb} {escape(crop_class)} crop with {escape(group)} attention">')
-    else:
-        picture = f'<div class="missing">{escape(problem)}</div>'
-    return (f'<figure class="crop">{picture}<figcaption><b>{escape(crop_class)}</b> · {escape(group)}<br>'
-            f"{_joint_caption(rows)}</figcaption></figure>")
+    shape = geometry.groups.get(group)
+    if isinstance(image, str):
+        return f'<div class="missing">{escape(image)}</div>'
+    if shape is None:
+        return f'<div class="missing">{escape(geometry.source)} has no crop size for joint model {escape(group)}</div>'
+    if att.size != ah * aw:
+        return f'<div class="missing">attention has {att.size} values, not {ah}x{aw}</div>'
+    try:
+        crop = model_crop(image, [first[c] for c in ("box_x0", "box_y0", "box_x1", "box_y1")], limb, shape)
+    except ValueError as e:
+        return f'<div class="missing">{escape(str(e))}</div>'
+    name = f"{limb}_{crop_class}_{group}.png"
+    Image.fromarray(attention_overlay(crop, att.reshape(ah, aw))).save(folder / name)
+    width = max(1, round(height * shape.width / shape.height))
+    return (f'<img class="overlay" src="{key}/{escape(name)}" width="{width}" height="{height}" '
+            f'data-limb="{limb}" data-crop-class="{escape(crop_class)}" data-group="{escape(group)}" '
+            f'alt="{crop_name(limb, crop_class)}: the crop the model scored, {shape.height} × {shape.width} '
+            f'pixels, with its attention" title="{shape.height} × {shape.width} pixels, as the model saw it">')
 
 
-def _crops(joints: pd.DataFrame, key: str, folder: Path, pictures: _Radiographs, geometry: CropGeometry) -> str:
+def _crop_figure(limb: str, rows: pd.DataFrame, key: str, folder: Path, pictures: _Radiographs,
+                 geometry: CropGeometry, height: int) -> str:
+    """One detected ray or wrist: the crop of each joint model that scored it (erosion, narrowing),
+    what it shows and the joints it scored."""
+    first = rows.iloc[0]
+    models = []
+    for (damage, _), group_rows in rows.groupby(["damage", "group"], sort=True):
+        picture = _crop_picture(limb, group_rows.iloc[0], key, folder, pictures, geometry, height)
+        models.append(f'<div class="model">{picture}<span>{"erosion" if damage == "E" else "narrowing"}</span></div>')
+    return (f'<figure class="crop"><div class="models">{"".join(models)}</div><figcaption>'
+            f"<b>{crop_name(limb, str(first['crop_class']))}</b> · detector confidence {first['detector_score']:.2f}"
+            f'<table class="joints"><thead><tr><th>joint</th><th>score</th><th class="num">Δflip</th></tr></thead>'
+            f"<tbody>{_joint_rows(rows)}</tbody></table></figcaption></figure>")
+
+
+def _crops(joints: pd.DataFrame, key: str, folder: Path, pictures: _Radiographs, geometry: CropGeometry,
+           height: int) -> str:
     order = {c: i for i, c in enumerate(catalogue.COLUMNS)}
     sections = []
     for limb in catalogue.LIMBS:
-        limb_rows = joints[joints["limb"] == limb]
+        limb_rows = joints[joints["limb"] == limb].sort_values("joint", key=lambda c: c.map(order))
         if limb_rows.empty:
             continue
-        figures = [_crop_figure(limb, rows.sort_values("joint", key=lambda c: c.map(order)), key, folder,
-                                pictures, geometry)
-                   for _, rows in limb_rows.groupby(["crop_class", "group"], sort=True)]
-        sections.append(f'<h3>{limb}</h3><div class="crops">{"".join(figures)}</div>')
-    note = (f'<p class="note">Heat map ({HEAT_CMAP}, 0 dark to 1 bright) of the joint model\'s attention, '
-            "one block per stored cell; crops of right limbs are mirrored, as the model saw them. "
-            "Δflip: how much the score changed on the left-right flipped crop.</p>")
+        classes = {c: i for i, c in enumerate(catalogue.detector_classes(catalogue.limb_kind(limb)))}
+        rays = sorted(limb_rows.groupby("crop_class", sort=False), key=lambda g: classes.get(g[0], len(classes)))
+        figures = [_crop_figure(limb, rows, key, folder, pictures, geometry, height) for _, rows in rays]
+        sections.append(f'<h3>{limb_name(limb).capitalize()}</h3><div class="crops">{"".join(figures)}</div>')
+    note = (f'<p class="note">Each picture is the crop a joint model scored, cut as it was cut for the model '
+            f"(sizes from {escape(geometry.source)}); crops of right limbs are mirrored, as the model saw them. "
+            f"Heat map ({HEAT_CMAP}, 0 dark to 1 bright) of the model's attention, one block per stored cell. "
+            "Scores are the model's, beside the nearest whole grade; Δflip: how much the score changed on the "
+            "crop's mirror image.</p>")
     return note + "".join(sections)
 
 
 def _files_table(images: pd.DataFrame) -> str:
     rows = "".join(
-        f"<tr><td>{_text(r.limb)}</td><td>{_text(r.path)}</td><td>{_text(r.status)}</td>"
-        f"<td>{'no' if _missing(r.chosen) or not r.chosen else 'yes'}</td>"
-        f"<td>{'' if _missing(r.error) else escape(str(r.error))}</td></tr>"
-        for r in images.itertuples())
+        f"<tr><td>{limb_name(r.limb) if r.limb in catalogue.LIMBS else text(r.limb)}</td><td>{text(r.path)}</td>"
+        f"<td>{text(r.status)}</td><td>{'no' if missing(r.chosen) or not r.chosen else 'yes'}</td>"
+        f"<td>{text(r.error)}</td></tr>" for r in images.itertuples())
     return ("<table><thead><tr><th>limb</th><th>file</th><th>status</th><th>used</th><th>error</th></tr>"
             f"</thead><tbody>{rows}</tbody></table>")
 
 
-def _review_table(joints: pd.DataFrame) -> str:
-    flagged = joints[joints["review"]]
+def _review_table(joints: pd.DataFrame, threshold: float) -> str:
+    flagged = joints[joints["flagged"]]
     if flagged.empty:
         return ""
-    rows = "".join(f"<tr><td>{escape(r.joint)}</td><td>{r.score:.2f}</td><td>{_fmt(r.uncertainty, 2)}</td></tr>"
-                   for r in flagged.sort_values("uncertainty", ascending=False).itertuples())
-    return ('<section class="review-list"><h2>Joints flagged for review</h2><p class="note">The prediction '
-            "changed by more than the job's threshold when the crop was flipped left-right.</p>"
-            "<table><thead><tr><th>joint</th><th>score</th><th>flip disagreement</th></tr></thead>"
-            f"<tbody>{rows}</tbody></table></section>")
+    rows = "".join(
+        f"<tr><td>{escape(catalogue.clinical_name(r.joint))}</td>"
+        f"<td>{charts.score_text(r.score, catalogue.BY_COLUMN[r.joint].max_score)}</td>"
+        f'<td class="num">{fmt(r.uncertainty, 2)}</td><td class="num">{fmt(r.detector_score, 2)}</td></tr>'
+        for r in flagged.sort_values("uncertainty", ascending=False).itertuples())
+    return ('<section class="review-list"><h2>Joints to review</h2><p class="note">The score of the joint\'s '
+            f"crop and of its mirror image differ by at least {threshold:g} points.</p>"
+            "<table><thead><tr><th>joint</th><th>score</th><th>flip disagreement</th><th>detector confidence</th>"
+            f"</tr></thead><tbody>{rows}</tbody></table></section>")
 
 
-def _patient_page(patient: pd.Series, results: ScoredResults, key: str, folder: Path,
-                  pictures: _Radiographs, geometry: CropGeometry) -> str:
-    pid, visit = str(patient[ID_COLUMN]), str(patient["visit"])
-    joints = results.of("joints", pid, visit)
-    images = results.of("images", pid, visit)
-    flags = list(patient["qc_flags"])
-    title = f"{pid}{f' visit {visit}' if visit else ''}"
-    summary = "".join(f"<tr><th>{n}</th><td>{v}</td></tr>" for n, v in (
-        ("Overall_Tol", _fmt(patient["Overall_Tol"])), ("Overall_erosion", _fmt(patient["Overall_erosion"])),
-        ("Overall_narrowing", _fmt(patient["Overall_narrowing"])),
-        ("Limbs", _text(patient.get("limbs"))), ("QC flags", _flag_chips(flags, compact=False)),
-        ("Model version", _text(patient.get("model_version"))), ("Scored at", _text(patient.get("scored_at"))),
+def _limbs(limbs: Any) -> str:
+    """The job's ``limbs`` (``"LF,LH"``) in words, hands first."""
+    have = set(str(limbs).split(",")) if not missing(limbs) else set()
+    return ", ".join(limb_name(limb) for limb in catalogue.LIMBS if limb in have) or "none"
+
+
+def _summary(patient: pd.Series, rank: str, run: dict[str, Any]) -> str:
+    flags = shown_flags(list(patient["qc_flags"]))
+    return "".join(f"<tr><th>{n}</th><td>{v}</td></tr>" for n, v in (
+        ("Total score (Overall_Tol)", fmt(patient["Overall_Tol"])), ("Erosion", fmt(patient["Overall_erosion"])),
+        ("Joint-space narrowing", fmt(patient["Overall_narrowing"])), ("Review order", rank),
+        ("Limbs", _limbs(patient.get("limbs"))), ("QC flags", flag_chips(flags)),
+        ("Model version", text(patient.get("model_version"))), ("Bundle", text(run.get("bundle"))),
+        ("Scored at", text(patient.get("scored_at"))),
     ))
-    review = ' <span class="chip review">needs review</span>' if _needs_review(joints, flags) else ""
-    body = (f'<nav><a href="../index.html">← all patients</a></nav><h1>{escape(title)}{review}</h1>'
-            f'<table class="summary">{summary}</table>{_review_table(joints)}'
+
+
+def _patient_page(patient: pd.Series, images: pd.DataFrame, joints: pd.DataFrame, key: str, folder: Path,
+                  pictures: _Radiographs, context: dict[str, Any]) -> str:
+    pid, visit = str(patient[ID_COLUMN]), str(patient["visit"])
+    title = f"{pid}{f' visit {visit}' if visit else ''}"
+    chip = ' <span class="chip review">needs review</span>' if joints["flagged"].any() else ""
+    geometry, height = context["geometry"], context["crop_height"]
+    body = (f'<nav><a href="../index.html">← all patients</a></nav><h1>{escape(title)}{chip}</h1>'
+            f'<table class="summary">{_summary(patient, context["rank"], context["run"])}</table>'
+            f'{_review_table(joints, context["threshold"])}'
             f"<section><h2>Joint scores</h2>{_score_charts(joints)}</section>"
             f"<section><h2>Radiographs and detections</h2>"
             f"{_radiographs(images, joints, key, folder, pictures)}</section>"
-            f"<section><h2>Joint crops and attention</h2>{_crops(joints, key, folder, pictures, geometry)}</section>"
+            f"<section><h2>Joint crops and attention</h2>"
+            f"{_crops(joints, key, folder, pictures, geometry, height)}</section>"
             f"<section><h2>Files</h2>{_files_table(images)}</section>")
-    return _page(f"{title} · ra2batch review", body)
-
-
-_INDEX_COLUMNS = (  # key, heading, type
-    ("patient", "Patient", "text"), ("visit", "Visit", "text"), ("Overall_Tol", "Overall_Tol", "number"),
-    ("Overall_erosion", "Erosion", "number"), ("Overall_narrowing", "Narrowing", "number"),
-    ("uncertainty", "Max flip disagreement", "number"), ("review", "Joints to review", "number"),
-    ("flags", "QC flags", "text"),
-)
-
-
-def _index_row(patient: pd.Series, joints: pd.DataFrame, key: str) -> str:
-    flags = list(patient["qc_flags"])
-    unc = float(joints["uncertainty"].max()) if joints["uncertainty"].notna().any() else float("nan")
-    n_review = int(joints["review"].sum())
-    cells = [
-        (escape(str(patient[ID_COLUMN])), f'<a href="patients/{key}.html">{escape(str(patient[ID_COLUMN]))}</a>'),
-        (escape(str(patient["visit"])), _text(patient["visit"])),
-        *((_num(patient[c]), _fmt(patient[c])) for c in catalogue.TOTAL_COLUMNS),
-        (_num(unc), _fmt(unc, 2)), (str(n_review), str(n_review)),
-        (escape(" ".join(flags)), _flag_chips(flags, compact=True)),
-    ]
-    tds = "".join(f'<td data-value="{v}">{shown}</td>' for v, shown in cells)
-    highlight = ' class="review"' if _needs_review(joints, flags) else ""
-    return f"<tr{highlight}>{tds}</tr>"
+    return page(f"{title} · ra2batch review", body)
 
 
 def build_site(results: ScoredResults, dest: str | Path, *, geometry: CropGeometry | None = None,
-               storage_options: dict[str, Any] | None = None, source: str = "") -> Path:
+               storage_options: dict[str, Any] | None = None, source: str = "",
+               threshold: float = review.REVIEW_THRESHOLD, crop_height: int = CROP_HEIGHT) -> Path:
     """Write the review site for every patient visit in ``results`` under ``dest``; returns ``index.html``.
 
-    Images are read from the ``path`` the job stored (local or ``s3://``, with ``storage_options``);
-    an unreadable image is reported on its page instead of stopping the site.
+    Crops are cut with ``geometry`` (default: the built-in plan's); images are read from the ``path``
+    the job stored (local or ``s3://``, with ``storage_options``); an unreadable image is reported on
+    its page instead of stopping the site. ``threshold``: flip disagreement (points) that flags a joint.
     """
-    geometry = geometry or CropGeometry()
+    geometry = geometry or plan_geometry()
     root = Path(dest)
     (root / "patients").mkdir(parents=True, exist_ok=True)
-    rows, used, failures = [], set(), []
-    for _, patient in results.patients.iterrows():
-        pid, visit = str(patient[ID_COLUMN]), str(patient["visit"])
-        key = page_key(pid, visit)
-        if key in used:
-            key = f"{key}-{hashlib.sha256(json.dumps([pid, visit]).encode()).hexdigest()[:8]}"
-        used.add(key)
+    joints = results.joints.assign(flagged=review.flagged(results.joints, threshold))
+    images_of, joints_of = by_visit(results.images), by_visit(joints)
+    ranks = review.patient_review(results.patients, joints, threshold)["rank"]
+    context = {"geometry": geometry, "crop_height": crop_height, "threshold": threshold, "run": dict(results.run)}
+    failures = []
+    for (_, patient), key, rank in zip(results.patients.iterrows(), page_keys(results.patients), ranks):
+        visit_key = (str(patient[ID_COLUMN]), str(patient["visit"]))
         folder = root / "patients" / key
         folder.mkdir(exist_ok=True)
         pictures = _Radiographs(storage_options)  # one visit's images in memory at a time
-        page = _patient_page(patient, results, key, folder, pictures, geometry)
+        page_html = _patient_page(patient, images_of.get(visit_key, results.images.iloc[:0]),
+                                  joints_of.get(visit_key, joints.iloc[:0]), key, folder, pictures,
+                                  {**context, "rank": f"{rank} of {len(ranks)}"})
         failures += pictures.failures()
-        (root / "patients" / f"{key}.html").write_text(page, encoding="utf-8")
-        rows.append(_index_row(patient, results.of("joints", pid, visit), key))
+        (root / "patients" / f"{key}.html").write_text(page_html, encoding="utf-8")
     for problem in failures:
         print(f"warning: {problem}", file=sys.stderr)
-    head = "".join(f'<th data-key="{k}" data-type="{t}" title="sort">{h}</th>' for k, h, t in _INDEX_COLUMNS)
-    n_review = sum('class="review"' in r for r in rows)
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    body = (f"<h1>ra2batch review</h1><p class=\"note\">{len(rows)} patient visit(s), {n_review} flagged for "
-            f"review (highlighted). Source: {escape(source) or '—'}; built {stamp}. Click a heading to sort.</p>"
-            f'<table id="patients" class="index"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
-    index = root / "index.html"
-    index.write_text(_page("ra2batch review", body, SORT_JS), encoding="utf-8")
-    return index
-
-
-#: Sorts the index by the column named in the URL hash (``#sort=Overall_Tol:desc``), so a sorted view
-#: is a link; clicking a heading sets the hash. Empty values sort last either way.
-SORT_JS = """
-(function () {
-  var table = document.getElementById("patients"), body = table.tBodies[0];
-  function apply() {
-    var m = /^#sort=([A-Za-z_]+):(asc|desc)$/.exec(location.hash);
-    if (!m) return;
-    var th = table.querySelector('th[data-key="' + m[1] + '"]');
-    if (!th) return;
-    var dir = m[2] === "asc" ? 1 : -1, i = th.cellIndex, numeric = th.dataset.type === "number";
-    var rows = Array.prototype.slice.call(body.rows);
-    rows.sort(function (a, b) {
-      var x = a.cells[i].dataset.value, y = b.cells[i].dataset.value;
-      if (x === "" || y === "") return (x === "") - (y === "");
-      return (numeric ? parseFloat(x) - parseFloat(y) : x.localeCompare(y)) * dir;
-    });
-    rows.forEach(function (r) { body.appendChild(r); });
-    Array.prototype.forEach.call(table.tHead.rows[0].cells, function (h) { h.removeAttribute("aria-sort"); });
-    th.setAttribute("aria-sort", dir > 0 ? "ascending" : "descending");
-  }
-  table.tHead.addEventListener("click", function (e) {
-    var th = e.target.closest("th");
-    if (!th) return;
-    var now = th.getAttribute("aria-sort");
-    var asc = now ? now === "descending" : th.dataset.type !== "number";
-    location.hash = "sort=" + th.dataset.key + ":" + (asc ? "asc" : "desc");
-  });
-  window.addEventListener("hashchange", apply);
-  apply();
-})();
-"""
-
-CSS = """
-body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;background:#fff}
-h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}h3{font-size:1em}
-table{border-collapse:collapse}td,th{padding:.25em .6em;border-bottom:1px solid #eee;text-align:left}
-table.index th{cursor:pointer;background:#f4f4f4;user-select:none}
-th[aria-sort=ascending]::after{content:" ▲"}th[aria-sort=descending]::after{content:" ▼"}
-tr.review{background:#fff1e6}tr.review td:first-child{border-left:4px solid #d9480f}
-.chip{display:inline-block;padding:0 .45em;margin:1px;border-radius:.7em;background:#e9ecef;font-size:.85em}
-.chip.review,.chip.missing_limb,.chip.not_detected{background:#ffd8a8}.ok{color:#2b8a3e}
-.note{color:#555;font-size:.9em}
-.limbs{display:flex;flex-wrap:wrap;gap:1em}
-svg.limb{border:1px solid #eee;border-radius:4px;background:#fcfcfc}
-svg.limb .bone{fill:none;stroke:#d0d0d0;stroke-width:6;stroke-linecap:round;stroke-linejoin:round}
-svg.limb text.panel-title{font-size:11px;font-weight:bold;text-anchor:start}
-svg.limb circle{stroke:#555;stroke-width:1}svg.limb text{font-size:7px;text-anchor:middle;pointer-events:none}
-svg.limb .missing circle{fill:#fff;stroke:#999;stroke-dasharray:2 2}
-svg.limb .review circle{stroke:#c92a2a;stroke-width:3}
-svg.legend text{font-size:10px}
-.radiographs{display:grid;grid-template-columns:repeat(auto-fill,minmax(260px,1fr));gap:1em}
-svg.radiograph{width:100%;height:420px;background:#000}
-svg.radiograph rect{fill:none;stroke:#4dabf7}svg.radiograph text{fill:#4dabf7}
-figure{margin:0}figcaption{font-size:.85em;color:#444}figure.radiograph figcaption{word-break:break-all}
-.missing{background:#f8f9fa;color:#868e96;padding:1em;min-height:6em}
-.crops{display:flex;flex-wrap:wrap;gap:.8em}.crop{width:170px}
-.crop img{width:160px;height:160px;image-rendering:pixelated;display:block}
-.review-mark{color:#c92a2a}
-"""
+    return write_index(results, root, threshold=threshold, source=source, crops=geometry.source)
