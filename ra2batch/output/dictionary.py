@@ -43,6 +43,7 @@ def contract() -> dict[str, pa.Schema]:
 
 
 def _delta_schema(table) -> pa.Schema:
+    """A Delta table's schema in Arrow terms, its description as schema metadata (as the contract's)."""
     schema = pa.schema(table.schema().to_arrow())
     return schema.with_metadata({"description": table.metadata().description or ""})
 
@@ -104,6 +105,7 @@ def render(schemas: dict[str, pa.Schema], fmt: str, source: str) -> str:
 
 
 def contract_source() -> str:
+    """The heading line of the contract's dictionary."""
     return f"The tables that ra2batch {ra2batch.__version__} writes under a scoring job's --output."
 
 
