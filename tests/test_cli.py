@@ -103,14 +103,14 @@ def test_describe_lists_every_field_with_its_meaning(tmp_path, capsys):
     scores = {r["field"]: r for r in rows if r["table"] == "patients" and r["field"] in BY_COLUMN}
     assert set(scores) == set(COLUMNS)
     assert all(r["range"] == f"0-{BY_COLUMN[c].max_score}" and r["unit"] == "SvdH points" for c, r in scores.items())
-    assert scores["LF_mtp_J__3"]["description"].startswith("left foot MTP 3 joint-space narrowing, SvdH 0-4")
+    assert scores["LF_mtp_J__3"]["description"].startswith("left MTP 3, narrowing; SvdH 0-4")
     assert main(["describe", "--format", "json"]) == 0
     tables = json.loads(capsys.readouterr().out)["tables"]
     assert list(tables) == ["images", "joints", "patients", "catalogue", "runs"]
     assert {f["field"]: f["range"] for f in tables["patients"]["fields"]}["RF_mtp_E__1"] == "0-10"
     assert main(["describe"]) == 0
     md = capsys.readouterr().out
-    assert "## runs" in md and "| `LH_mcp_E__2` | double | SvdH points | 0-5 | left hand MCP 2 erosion" in md
+    assert "## runs" in md and "| `LH_mcp_E__2` | double | SvdH points | 0-5 | left MCP 2, erosion; SvdH 0-5" in md
 
     out = write_output(str(tmp_path / "out"), {})
     assert main(["describe", "--input", out, "--format", "csv"]) == 0

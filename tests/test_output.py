@@ -309,9 +309,9 @@ def test_every_field_of_every_table_says_what_it_means():
         assert (meta[b"unit"], meta[b"range"]) == (b"SvdH points", f"0-{BY_COLUMN[c].max_score}".encode()), c
     assert len({patients.field(c).metadata[b"description"] for c in COLUMNS}) == len(COLUMNS)
     described = {c: patients.field(c).metadata[b"description"].decode() for c in COLUMNS}
-    assert described["LH_mcp_E__2"].startswith("left hand MCP 2 erosion, SvdH 0-5")
-    assert described["RF_mtp_E__ip"].startswith("right foot big toe IP erosion, SvdH 0-10")
-    assert described["RH_wrist_J__radcar"].startswith("right hand wrist radiocarpal joint-space narrowing, SvdH 0-4")
+    assert described["LH_mcp_E__2"].startswith("left MCP 2, erosion; SvdH 0-5")
+    assert described["RF_mtp_E__ip"].startswith("right big toe IP, erosion; SvdH 0-10")
+    assert described["RH_wrist_J__radcar"].startswith("right wrist, radiocarpal, narrowing; SvdH 0-4")
     assert patients.field("Overall_Tol").metadata[b"range"] == b"0-448"
     assert schemas["joints"].field("box_x0").metadata[b"unit"] == b"pixels"
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from ra2batch.catalogue import BY_COLUMN, COLUMNS, EROSION, ID_COLUMN, NARROWING, Joint
+from ra2batch.catalogue import BY_COLUMN, COLUMNS, EROSION, ID_COLUMN, NARROWING, clinical_name
 from ra2batch.output.buckets import BUCKET
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
@@ -111,28 +111,10 @@ def _joint(name: str) -> pa.Field:
     return _pick(JOINT_FIELDS, name)
 
 
-_WRIST = {"mc1": "first metacarpal base", "mul": "multangular (trapezium)", "nav": "navicular (scaphoid)",
-          "lunate": "lunate", "radius": "distal radius", "ulna": "distal ulna", "cmc3": "CMC 3", "cmc4": "CMC 4",
-          "cmc5": "CMC 5", "mna": "multangular-navicular", "capnlun": "capitate-navicular-lunate",
-          "radcar": "radiocarpal"}
-
-
-def _joint_name(j: Joint) -> str:
-    """``left hand MCP 2 erosion``: the joint of an RA2 column in words."""
-    side = "left" if j.side == "L" else "right"
-    if j.site == "wrist":
-        where = f"wrist {_WRIST[j.number]}"
-    elif j.number == "ip":
-        where = "thumb IP" if j.kind == "hand" else "big toe IP"
-    else:
-        where = f"{j.site.upper()} {j.number}"
-    return f"{side} {j.kind} {where} {'erosion' if j.damage == 'E' else 'joint-space narrowing'}"
-
-
 def _score_field(column: str) -> pa.Field:
-    j = BY_COLUMN[column]
-    return described(column, pa.float64(), f"{_joint_name(j)}, SvdH 0-{j.max_score}; NaN when the joint was "
-                     "not found", SVDH, f"0-{j.max_score}")
+    top = BY_COLUMN[column].max_score
+    return described(column, pa.float64(), f"{clinical_name(column)}; SvdH 0-{top}; NaN when the joint was not "
+                     "found", SVDH, f"0-{top}")
 
 
 def _most(columns: tuple[str, ...]) -> int:
