@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="cut the joint crops as this model bundle does (its bundle.json) instead of as the output's "
                         "run manifest records; only needed for an output that records no crop geometry")
     p.add_argument("--crop-size", type=int, metavar="PX",
-                   help="height of every joint crop on the pages (CSS pixels, >= 16, aspect kept; default 192); "
+                   help="height of every joint crop on the pages (CSS pixels, >= 16, aspect kept; default 176); "
                         "the crop itself is always the one the model scored")
     p.add_argument("--review-threshold", type=float, default=REVIEW_THRESHOLD, metavar="POINTS",
                    help="flip disagreement (score points) at or above which a joint is flagged for review; "

@@ -104,8 +104,8 @@ svg.radiograph rect{fill:none;stroke:#4dabf7}
 svg.radiograph text{fill:#a5d8ff;stroke:#000;paint-order:stroke;font-weight:bold;text-anchor:middle}
 figure{margin:0}figcaption{font-size:.85em;color:#444}figcaption .path{word-break:break-all}
 .missing{background:#f8f9fa;color:#868e96;padding:1em;min-height:6em}
-.crops{display:flex;flex-wrap:wrap;gap:1.2em;align-items:flex-start}
-.crop .models{display:flex;gap:.4em}.crop .model span{font-size:.8em;color:#555}
+.crops{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}
+.crop{width:min-content}.crop .models{display:flex;gap:.4em}.crop .model span{font-size:.8em;color:#555}
 .crop img{image-rendering:pixelated;display:block}
 table.joints{font-size:.85em;margin-top:.3em}table.joints td,table.joints th{padding:.1em .4em .1em 0}
 .review-mark{color:#c92a2a;font-weight:bold}

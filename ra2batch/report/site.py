@@ -52,7 +52,7 @@ from ra2batch.storage import resolve
 #: the rest is for zooming in).
 DISPLAY_SIDE = 1000
 #: Height of every joint crop on the page, CSS pixels (aspect kept; the PNG is the model's own size).
-CROP_HEIGHT = 192
+CROP_HEIGHT = 176
 
 
 class _Radiographs:
@@ -195,7 +195,7 @@ def _crop_figure(limb: str, rows: pd.DataFrame, key: str, folder: Path, pictures
         picture = _crop_picture(limb, group_rows.iloc[0], key, folder, pictures, geometry, height)
         models.append(f'<div class="model">{picture}<span>{"erosion" if damage == "E" else "narrowing"}</span></div>')
     return (f'<figure class="crop"><div class="models">{"".join(models)}</div><figcaption>'
-            f"<b>{crop_name(limb, str(first['crop_class']))}</b> · detector confidence {first['detector_score']:.2f}"
+            f"<b>{crop_name(limb, str(first['crop_class']))}</b><br>detector confidence {first['detector_score']:.2f}"
             f'<table class="joints"><thead><tr><th>joint</th><th>score</th><th class="num">Δflip</th></tr></thead>'
             f"<tbody>{_joint_rows(rows)}</tbody></table></figcaption></figure>")
 
@@ -221,6 +221,8 @@ def _crops(joints: pd.DataFrame, key: str, folder: Path, pictures: _Radiographs,
 
 
 def _files_table(images: pd.DataFrame) -> str:
+    order = {limb: i for i, limb in enumerate(catalogue.LIMBS)}
+    images = images.sort_values(["limb", "path"], key=lambda c: c.map(order) if c.name == "limb" else c)
     rows = "".join(
         f"<tr><td>{limb_name(r.limb) if r.limb in catalogue.LIMBS else text(r.limb)}</td><td>{text(r.path)}</td>"
         f"<td>{text(r.status)}</td><td>{'no' if missing(r.chosen) or not r.chosen else 'yes'}</td>"
