@@ -348,7 +348,7 @@ def test_rerun_replaces_outputs_with_the_same_rows(ray_local, tiny_bundle, tmp_p
     # flip test-time augmentation: a disagreement per joint, flagged above the review threshold
     joints = after["joints"]
     assert (joints["uncertainty"] >= 0).all() and joints["uncertainty"].notna().all()
-    assert (joints["review"] == (joints["uncertainty"] > JobConfig().review_threshold)).all()
+    assert (joints["review"] == (joints["uncertainty"] >= JobConfig().review_threshold)).all()
     flagged = {f"review:{c}" for c in joints.loc[joints["review"], "joint"]}
     assert flagged == {f for flags in after["patients"]["qc_flags"] for f in flags if f.startswith("review:")}
 

@@ -20,6 +20,7 @@ import torch
 from ra2batch import catalogue
 from ra2batch.job.decode import decode_files
 from ra2batch.job.assemble import REJECTED
+from ra2batch.job.config import REVIEW_THRESHOLD
 from ra2batch.job.tables import IDENTITY, STREAM, unpack_pixels
 from ra2batch.models import ModelBundle, load_bundle
 
@@ -134,7 +135,7 @@ class JointScorer:
     Other records pass through unchanged; no crop leaves it (``tables.REDUCE`` rows)."""
 
     def __init__(self, source: ModelSource | ModelBundle, batch_size: int = 64, tta: bool = True,
-                 review_threshold: float = 0.5):
+                 review_threshold: float = REVIEW_THRESHOLD):
         self.bundle = source if isinstance(source, ModelBundle) else source.load(["joint_models"])
         self.batch_size, self.tta, self.review_threshold = batch_size, tta, review_threshold
 
@@ -169,7 +170,7 @@ class JointScorer:
                                      "damage": group.damage, "score": float(np.clip(value, 0.0, top)),
                                      "attention": att.ravel().tolist(), "attention_h": int(att.shape[0]),
                                      "attention_w": int(att.shape[1]), "uncertainty": float(u),
-                                     "review": bool(u > self.review_threshold)})
+                                     "review": bool(u >= self.review_threshold)})
         return pa.concat_tables([passed, pa.Table.from_pylist(rows, schema=STREAM)]).drop_columns(["crop"])
 
 
@@ -184,7 +185,7 @@ class DetectAndScore:
     """
 
     def __init__(self, source: ModelSource | ModelBundle, detector_batch_size: int = 4, scorer_batch_size: int = 64,
-                 tta: bool = True, review_threshold: float = 0.5):
+                 tta: bool = True, review_threshold: float = REVIEW_THRESHOLD):
         bundle = source if isinstance(source, ModelBundle) else source.load(["detectors", "joint_models"])
         self.detector = Detector(bundle, detector_batch_size)
         self.scorer = JointScorer(bundle, scorer_batch_size, tta, review_threshold)

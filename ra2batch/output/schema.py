@@ -83,7 +83,7 @@ JOINT_FIELDS = [
     described("attention_w", pa.int64(), "columns of the attention map", "cells"),
     described("uncertainty", pa.float64(), "|score(crop) - score(flipped crop)| (flip TTA); NaN without TTA",
               SVDH, "0-10"),
-    described("review", pa.bool_(), "uncertainty above JobConfig.review_threshold: a reader should check it"),
+    described("review", pa.bool_(), "uncertainty at or above the run's JobConfig.review_threshold (default 0.75): a reader should check it"),
 ]
 
 #: What the detector made of a radiograph (null for a file that was not decoded).

@@ -7,7 +7,6 @@ import sys
 from typing import TYPE_CHECKING
 
 from ra2batch.cliutil import USAGE, add_renamed, add_storage_options, error
-from ra2batch.report.review import REVIEW_THRESHOLD
 
 if TYPE_CHECKING:
     from ra2batch.report.overlay import CropGeometry
@@ -25,9 +24,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop-size", type=int, metavar="PX",
                    help="height of every joint crop on the pages (CSS pixels, >= 16, aspect kept; default 176); "
                         "the crop itself is always the one the model scored")
-    p.add_argument("--review-threshold", type=float, default=REVIEW_THRESHOLD, metavar="POINTS",
+    p.add_argument("--review-threshold", type=float, metavar="POINTS",
                    help="flip disagreement (score points) at or above which a joint is flagged for review; "
-                        f"patients are ranked by flagged joints (default {REVIEW_THRESHOLD:g})")
+                        "patients are ranked by flagged joints (default: the threshold the output was scored with, "
+                        "its JobConfig.review_threshold: 0.75 unless set)")
     add_storage_options(p)
 
 
@@ -52,11 +52,12 @@ def _geometry(args: argparse.Namespace, run: dict) -> CropGeometry:
 
 def main(args: argparse.Namespace) -> int:
     from ra2batch.report.results import ResultsError, load_results
+    from ra2batch.report.review import run_threshold
     from ra2batch.report.site import CROP_HEIGHT, build_site
 
     if args.crop_size is not None and args.crop_size < 16:
         return error("report", f"--crop-size must be at least 16 pixels, got {args.crop_size}", USAGE)
-    if not args.review_threshold >= 0:
+    if args.review_threshold is not None and not args.review_threshold >= 0:
         return error("report", f"--review-threshold must be at least 0, got {args.review_threshold}", USAGE)
     wanted = [p for arg in args.patients for p in arg.split(",") if p] if args.patients else None
     try:
@@ -66,7 +67,8 @@ def main(args: argparse.Namespace) -> int:
         return error("report", e, USAGE)
     if results.patients.empty:
         return error("report", f"{args.input} has no patients to report", USAGE)
+    threshold = args.review_threshold if args.review_threshold is not None else run_threshold(results.run)
     index = build_site(results, args.output, geometry=geometry, storage_options=args.storage_options,
-                       source=args.input, threshold=args.review_threshold, crop_height=args.crop_size or CROP_HEIGHT)
+                       source=args.input, threshold=threshold, crop_height=args.crop_size or CROP_HEIGHT)
     print(f"wrote {len(results.patients)} patient page(s); open {index.resolve().as_uri()}")
     return 0

@@ -6,29 +6,35 @@ are **ranked** by the number of flagged joints (most first), then their largest 
 (largest first), then their lowest detector confidence (lowest first: a doubtful box may have cut the
 wrong joint); a patient with at least one flagged joint is flagged.
 
-The default threshold, 0.75 points (three quarters of a grade), was chosen on the demo output
-(8 phantom patients, 688 joints): its joints' flip disagreement has median 0.02, 90th percentile
-0.24, 99th percentile 0.72 and maximum 0.95, and every patient has a joint above 0.5 (the scoring job's
-own ``review`` threshold, which therefore flags everyone). At 0.75, 6 joints of 4 patients are flagged;
-a better model disagrees less with itself and flags fewer.
+The threshold is the one the output was scored with (its run's ``JobConfig.review_threshold``,
+recorded in the run manifest; 0.75 points unless the job set another), so the site flags exactly the
+joints whose ``review`` field the job set; ``ra2batch report --review-threshold`` overrides it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ra2batch.catalogue import ID_COLUMN
+from ra2batch.job.config import REVIEW_THRESHOLD
 
 if TYPE_CHECKING:  # pandas is not imported here, so the command line can read the default cheaply
     import pandas as pd
 
-#: Flip disagreement (score points) at or above which a joint is flagged for review.
-REVIEW_THRESHOLD = 0.75
 #: The rule in words, for the index page and the command's help.
 RULE = ("a joint is flagged when the scores of its crop and of the crop's mirror image differ by at least "
         "{threshold:g} points; patients are ranked by flagged joints (most first), then their largest flip "
         "disagreement (largest first), then their lowest detector confidence (lowest first)")
 KEYS = [ID_COLUMN, "visit"]
+
+
+def run_threshold(run: Mapping[str, Any]) -> float:
+    """The review threshold the run manifest ``run`` was scored with (``JobConfig.review_threshold``)."""
+    try:
+        return float(json.loads(run.get("config") or "{}").get("review_threshold", REVIEW_THRESHOLD))
+    except (TypeError, ValueError):
+        return REVIEW_THRESHOLD
 
 
 def flagged(joints: pd.DataFrame, threshold: float = REVIEW_THRESHOLD) -> pd.Series:
