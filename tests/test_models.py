@@ -192,28 +192,3 @@ def test_joint_crops_yields_one_crop_per_group_each_class_feeds_and_mirrors_righ
     assert np.array_equal(right[0].crop, left[0].crop[:, ::-1])
     assert right[2].box == (20.0, 60.0, 70.0, 95.0)  # boxes stay in the image's own coordinates
     assert list(crops.joint_crops(img, {"fin_1": (1, 1, 9, 9)}, "LF", plan))[0].group == "narrowing_toes"
-
-
-# -- local pretrained weights -------------------------------------------------------------------------
-
-
-def test_detector_loads_trunk_weights_from_a_local_safetensors_file(tmp_path):
-    from safetensors.torch import save_file
-    from torchvision.models import mobilenet_v3_large
-
-    torch.manual_seed(1)
-    trunk = mobilenet_v3_large(weights=None)
-    save_file({k: v for k, v in trunk.state_dict().items() if not k.startswith("classifier.")}, tmp_path / "t.st")
-    model = create_detector("mobilenet_v3_fpn_narrow", 5, pretrained_file=str(tmp_path / "t.st"))
-    assert torch.equal(model.backbone.body["0"][0].weight, trunk.features[0][0].weight)
-    save_file({"conv1.weight": torch.zeros(1)}, tmp_path / "wrong.st")
-    with pytest.raises(ValueError, match="trunk weights missing"):
-        create_detector("mobilenet_v3_fpn_narrow", 5, pretrained_file=str(tmp_path / "wrong.st"))
-
-
-def test_joint_model_loads_backbone_weights_from_a_local_safetensors_file(tmp_path, joint_model):
-    from safetensors.torch import save_file
-
-    save_file(joint_model.backbone.state_dict(), tmp_path / "b.safetensors")
-    fresh = JointModel("test_efficientnet", 2, 96, TINY_HEAD, pretrained_file=str(tmp_path / "b.safetensors"))
-    assert torch.equal(fresh.backbone.conv_stem.weight, joint_model.backbone.conv_stem.weight)

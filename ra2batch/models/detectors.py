@@ -14,8 +14,8 @@ Registered names (``create_detector(name, num_classes, ...)``):
 - ``resnet18_fpn_narrow``: ResNet-18 + FPN 64 and two head convolutions, for CPUs and the demo.
 - ``mobilenet_v3_fpn_narrow``: MobileNetV3-Large + FPN 64 and two head convolutions.
 
-All are built with random weights (nothing is downloaded); ``pretrained_file`` loads a local
-safetensors file of trunk weights in torchvision's key layout (e.g. ``conv1.weight``, ``layer1.0...``).
+All are built with random weights (nothing is downloaded); ``ra2batch.models.pretrained`` loads
+starting weights into them (e.g. torchvision's ImageNet trunk weights).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from typing import Callable
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from safetensors.torch import load_file
 from torch import nn
 from torchvision.models import mobilenet_v3_large, resnet18, resnet50
 from torchvision.models.detection import RetinaNet
@@ -73,18 +72,6 @@ def list_detectors() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def _load_trunk(trunk: nn.Module, pretrained_file: str | None) -> nn.Module:
-    """Load ImageNet-style trunk weights; the classifier (``fc.``/``classifier.``) may be absent."""
-    if pretrained_file:
-        state = load_file(pretrained_file)
-        wanted = [k for k in trunk.state_dict() if not k.startswith(("fc.", "classifier."))]
-        missing = [k for k in wanted if k not in state]
-        if missing:
-            raise ValueError(f"{pretrained_file}: {len(missing)} trunk weights missing (first: {missing[0]})")
-        trunk.load_state_dict({k: state[k] for k in wanted}, strict=False)
-    return trunk
-
-
 def _resnet_fpn(trunk: nn.Module, stage_channels: tuple[int, int, int], fpn_channels: int) -> BackboneWithFPN:
     return BackboneWithFPN(
         trunk, {"layer2": "0", "layer3": "1", "layer4": "2"}, list(stage_channels), fpn_channels,
@@ -93,26 +80,23 @@ def _resnet_fpn(trunk: nn.Module, stage_channels: tuple[int, int, int], fpn_chan
 
 
 @register
-def resnet50_fpn(pretrained_file: str | None = None):
-    trunk = _load_trunk(resnet50(weights=None), pretrained_file)
-    return _resnet_fpn(trunk, (512, 1024, 2048), 256), 256, 4
+def resnet50_fpn():
+    return _resnet_fpn(resnet50(weights=None), (512, 1024, 2048), 256), 256, 4
 
 
 @register
-def resnet18_fpn(pretrained_file: str | None = None):
-    trunk = _load_trunk(resnet18(weights=None), pretrained_file)
-    return _resnet_fpn(trunk, (128, 256, 512), 256), 256, 4
+def resnet18_fpn():
+    return _resnet_fpn(resnet18(weights=None), (128, 256, 512), 256), 256, 4
 
 
 @register
-def resnet18_fpn_narrow(pretrained_file: str | None = None):
-    trunk = _load_trunk(resnet18(weights=None), pretrained_file)
-    return _resnet_fpn(trunk, (128, 256, 512), 64), 64, 2
+def resnet18_fpn_narrow():
+    return _resnet_fpn(resnet18(weights=None), (128, 256, 512), 64), 64, 2
 
 
 @register
-def mobilenet_v3_fpn_narrow(pretrained_file: str | None = None):
-    features = _load_trunk(mobilenet_v3_large(weights=None), pretrained_file).features
+def mobilenet_v3_fpn_narrow():
+    features = mobilenet_v3_large(weights=None).features
     # strides 8, 16, 32: the ends of blocks 6 (40 ch), 12 (112 ch) and the last 1x1 conv (960 ch)
     return BackboneWithFPN(
         features, {"6": "0", "12": "1", "16": "2"}, [40, 112, 960], 64,
@@ -141,12 +125,11 @@ def create_detector(
     aspect_ratios: tuple[float, ...] = FINGER_ASPECT_RATIOS,
     min_score: float = 0.05,
     preprocessing: Preprocessing | None = None,
-    pretrained_file: str | None = None,
 ) -> RetinaNet:
     """A RetinaNet for ``num_classes`` object classes (labels ``1..num_classes``; 0 is background)."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown detector backbone {name!r}; registered: {', '.join(list_detectors())}")
-    backbone, channels, n_convs = _REGISTRY[name](pretrained_file=pretrained_file)
+    backbone, channels, n_convs = _REGISTRY[name]()
     anchors = _anchors(aspect_ratios)
     head = _shorten_head(RetinaNetHead(channels, anchors.num_anchors_per_location()[0], num_classes + 1), n_convs)
     prep = preprocessing or Preprocessing()
@@ -198,10 +181,9 @@ class CanvasTransform(GeneralizedRCNNTransform):
         return batch.contiguous(memory_format=torch.channels_last) if batch.is_cuda else batch
 
 
-def detector_from_config(cfg: DetectorConfig, num_classes: int, *, preprocessing: Preprocessing | None = None,
-                         pretrained_file: str | None = None) -> RetinaNet:
+def detector_from_config(cfg: DetectorConfig, num_classes: int, *,
+                         preprocessing: Preprocessing | None = None) -> RetinaNet:
     return create_detector(cfg.backbone, num_classes, min_size=cfg.min_size, max_size=cfg.max_size,
-                           aspect_ratios=cfg.aspect_ratios, min_score=cfg.min_score,
-                           preprocessing=preprocessing, pretrained_file=pretrained_file)
+                           aspect_ratios=cfg.aspect_ratios, min_score=cfg.min_score, preprocessing=preprocessing)
 
 

@@ -85,20 +85,17 @@ class JointModel(nn.Module):
     """timm backbone (``forward_features``) + :class:`AttentionHead` for grey crops of ``crop_size``
     pixels square, or ``(height, width)``.
 
-    ``pretrained_file``: a local safetensors (or timm-loadable) file of backbone weights; nothing is
-    downloaded. Without it the backbone starts from random weights.
+    The backbone starts from random weights (nothing is downloaded); ``ra2batch.models.pretrained``
+    loads starting weights into it (e.g. timm's ImageNet weights).
     """
 
     def __init__(self, backbone: str, n_outputs: int, crop_size: int | tuple[int, int],
-                 head: JointHeadConfig | None = None, *, preprocessing: Preprocessing | None = None,
-                 pretrained_file: str | None = None):
+                 head: JointHeadConfig | None = None, *, preprocessing: Preprocessing | None = None):
         super().__init__()
         self.crop_shape = (crop_size, crop_size) if isinstance(crop_size, int) else (int(crop_size[0]), int(crop_size[1]))
         if not timm.is_model(backbone):
             raise ValueError(f"unknown timm backbone {backbone!r} (see timm.list_models())")
-        overlay = {"file": pretrained_file} if pretrained_file else None
-        self.backbone = timm.create_model(backbone, pretrained=bool(pretrained_file), num_classes=0,
-                                          global_pool="", pretrained_cfg_overlay=overlay)
+        self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0, global_pool="")
         prep = preprocessing or Preprocessing()
         # Plain floats, not buffers: a model built on the meta device and then given its weights
         # (``load_bundle``) has nothing left to initialise.

@@ -19,7 +19,7 @@ from .. import catalogue
 from ..models.detectors import DetectorConfig, detector_from_config
 from ..models.preprocessing import Preprocessing
 from .augment import augment_detection
-from .loop import gather, run_epochs
+from .loop import gather, run_epochs, start_from
 from .metrics import average_precision, summarise
 from .presets import DetectorTraining
 from .state import Plateau
@@ -82,7 +82,8 @@ def evaluate(model: nn.Module, batches: Iterable[dict[str, Any]], device: torch.
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config``: ``kind``, ``name``, ``detector`` / ``training`` /
-    ``preprocessing`` (JSON dicts of their pydantic configs), ``seed``, ``threads``, ``stop_after_epochs``."""
+    ``preprocessing`` (JSON dicts of their pydantic configs), ``seed``, ``threads``, ``stop_after_epochs``,
+    ``pretrained`` (optional, see ``loop.start_from``)."""
     kind = config["kind"]
     arch = DetectorConfig.model_validate(config["detector"])
     cfg = DetectorTraining.model_validate(config["training"])
@@ -90,6 +91,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(config["seed"])
     model = detector_from_config(arch, len(catalogue.detector_classes(kind)),
                                  preprocessing=Preprocessing.model_validate(config["preprocessing"]))
+    start_from(model, config.get("pretrained"))
     # torchvision's MobileNetV3 sets BatchNorm momentum to 0.01: running statistics that slow lag far
     # behind a detector trained from scratch for a few hundred steps, and validation would use them.
     for m in model.modules():

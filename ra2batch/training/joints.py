@@ -22,7 +22,7 @@ from ..models.joint_model import JointHeadConfig, JointModel
 from ..models.plan import JointGroup
 from ..models.preprocessing import Preprocessing
 from .augment import augment_crops, jitter_crops
-from .loop import gather, run_epochs
+from .loop import gather, run_epochs, start_from
 from .presets import JointTraining
 from .state import Plateau
 
@@ -128,7 +128,7 @@ def evaluate(model: nn.Module, batches: Iterable[dict[str, Any]], device: torch.
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config``: ``name``, ``group`` / ``head`` / ``training`` /
     ``preprocessing`` (JSON dicts of their pydantic configs), ``keep_zero``, ``seed``, ``threads``,
-    ``stop_after_epochs``."""
+    ``stop_after_epochs``, ``pretrained`` (optional, see ``loop.start_from``)."""
     group = JointGroup.model_validate(config["group"])
     cfg = JointTraining.model_validate(config["training"])
     torch.set_num_threads(config["threads"])
@@ -136,6 +136,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = JointModel(group.backbone, group.n_outputs, group.crop_shape,
                        JointHeadConfig.model_validate(config["head"]),
                        preprocessing=Preprocessing.model_validate(config["preprocessing"]))
+    start_from(model, config.get("pretrained"))
     freeze_backbone(model, cfg.unfrozen_fraction)
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
