@@ -2,7 +2,8 @@
 
 - Exit codes: 0 success; 2 a usage or input error (a flag, a config file, an input, a bundle or an
   output location that cannot be used; nothing was done); 1 a failure while running (the cluster,
-  another writer, a job that stopped).
+  another writer, a job that stopped); 3 ``ra2batch train`` wrote its bundle but the bundle failed its
+  quality check (``ra2batch.training.quality``: flagged in its bundle.json, the figures named on stderr).
 - Streams: results and summaries on stdout; progress and notes on stderr; errors on stderr as one
   line, ``ra2batch COMMAND: error: ...``.
 - Flags: ``--input`` is what a command reads, ``--output`` what it writes, ``--address`` the Ray
@@ -20,6 +21,7 @@ import sys
 
 USAGE = 2
 RUNTIME = 1
+FLAGGED = 3
 
 
 def error(command: str, message: object, code: int) -> int:

@@ -186,3 +186,89 @@ def test_group_budgets_must_name_groups_of_the_plan():
     bad = {**DEMO.model_dump(), "joint_training": {**DEMO.joint_training.model_dump(), "group_minutes": {"thumbs": 1.0}}}
     with pytest.raises(ValidationError, match="group_minutes names no joint group of the plan: thumbs"):
         type(DEMO).model_validate(bad)
+
+
+
+def _configure(*flags: str):
+    import argparse
+
+    from ra2batch.training.cli import add_arguments, configure
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return configure(parser.parse_args(["--data", "d", "--out", "o", *flags]))
+
+
+def test_shipped_preset_files_equal_the_built_ins():
+    import tomllib
+    from pathlib import Path
+
+    from ra2batch.training.presets import PRESET_DIR, PRESETS, load_preset_file
+
+    for name, preset in PRESETS.items():
+        for base in PRESETS.values():  # a full file gives its preset whatever --preset it is applied to
+            assert load_preset_file(PRESET_DIR / f"{name}.yaml", base) == preset, (name, base.name)
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    assert "presets/*.yaml" in pyproject["tool"]["setuptools"]["package-data"]["ra2batch"]  # in a pip install
+
+
+def test_a_partial_preset_file_changes_only_what_it_names(tmp_path):
+    from ra2batch.training.presets import DEMO, PAPER
+
+    (tmp_path / "p.yaml").write_text("joint_training: {epochs: 3}\n")
+    for flags, base in (((), DEMO), (("--preset", "paper"), PAPER)):
+        want = base.model_copy(update={"joint_training": base.joint_training.model_copy(update={"epochs": 3})})
+        assert _configure(*flags, "--preset-file", str(tmp_path / "p.yaml")) == want
+    (tmp_path / "p.json").write_text('{"detectors": {"foot": {"min_size": 200}}, "seed": 5, '
+                                     '"joint_training": {"group_minutes": {"erosion_toes": 3.0}}}')
+    preset = _configure("--preset-file", str(tmp_path / "p.json"), "--seed", "6")
+    assert preset.detectors["foot"].min_size == 200 and preset.detectors["hand"] == DEMO.detectors["hand"]
+    assert preset.detectors["foot"].backbone == DEMO.detectors["foot"].backbone
+    assert preset.joint_training.group_minutes == {"erosion_fingers": 4.0, "erosion_toes": 3.0}
+    assert preset.seed == 6  # the command line wins over the file
+    (tmp_path / "clear.yaml").write_text("joint_training: {group_minutes: {}}\n")  # an empty mapping replaces
+    assert _configure("--preset-file", str(tmp_path / "clear.yaml")).joint_training.group_minutes == {}
+
+
+@pytest.mark.parametrize("name, text, fragment", [
+    ("unknown.yaml", "joint_training: {epoch: 3}\n", "joint_training.epoch: Extra inputs are not permitted"),
+    ("top.yaml", "epochs: 3\n", "epochs: Extra inputs are not permitted"),
+    ("bad.yaml", "detector_training: {lr: -1}\n", "detector_training.lr: Input should be greater than 0"),
+    ("syntax.yaml", "joint_training: {epochs: [3}\n", "not valid YAML at line 1"),
+    ("evil.yaml", "!!python/object/apply:os.system ['echo pwned']\n", "could not determine a constructor"),
+    ("list.yaml", "- 1\n", "expected a mapping of settings, got list"),
+    ("bad.json", '{"seed": 1,}', "not valid JSON"),
+    ("preset.txt", "seed: 1\n", "expected a .json, .yaml or .yml file"),
+])
+def test_bad_preset_files_are_one_line_and_exit_2_before_ray_starts(tmp_path, capsys, monkeypatch, name, text,
+                                                                    fragment):
+    import ra2batch.cluster
+    from ra2batch.cli import main
+
+    monkeypatch.setattr(ra2batch.cluster, "connect", lambda address: pytest.fail("Ray started"))
+    path = tmp_path / name
+    path.write_text(text)
+    assert main(["train", "--data", "d", "--out", "o", "--preset-file", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and fragment in err, err
+    assert err.startswith(f"ra2batch train: error: preset file {path}: "), err
+
+
+def test_epoch_lines_are_printed_once_in_a_ray_train_worker(capsys, caplog, monkeypatch):
+    import builtins
+    import logging
+
+    from ray.train.v2._internal.logging.patch_print import redirected_print
+
+    from ra2batch.training.loop import say
+
+    # Ray Train's worker print: the line to a wrapped stdout and to the root logger, whose console handler
+    # prints it again (capsys's stdout is wrapped too)
+    monkeypatch.setattr(builtins, "print", redirected_print)
+    caplog.set_level(logging.INFO)
+    print("[joint-x] epoch 1/2")
+    assert capsys.readouterr().out == "[joint-x] epoch 1/2\n" and [r.message for r in caplog.records] == [
+        "[joint-x] epoch 1/2"]
+    caplog.clear()
+    say("[joint-x] epoch 2/2")
+    assert capsys.readouterr().out == "[joint-x] epoch 2/2\n" and not caplog.records

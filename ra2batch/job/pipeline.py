@@ -34,6 +34,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +114,7 @@ class JobSummary:
     errors: list[str] = field(default_factory=list)
     ignored_files: int = 0
     model_actors: str = ""
+    bundle_warning: str | None = None  # the bundle failed its quality check when it was trained
 
     @property
     def files(self) -> int:
@@ -143,6 +145,8 @@ class JobSummary:
         if self.scored:
             lines.append(f"{self.seconds:.1f} s, {self.images_per_second:.2f} radiographs/s on {self.cluster}, "
                          f"model {self.model_version}" + (f" on {self.model_actors}" if self.model_actors else ""))
+        if self.bundle_warning:
+            lines.append(f"warning: {self.bundle_warning}")
         if not self.listed:
             lines.append("no radiograph files found: the job looks for *.jpg, *.jpeg, *.png, *.dcm and *.dicom "
                          "at any depth under the input")
@@ -438,6 +442,7 @@ def run_job(kind: str, input: str, output: str, *, models: str | None = None, ma
         seconds=time.perf_counter() - started, model_version=bundle.model_version, full=bool(info["full"]),
         cluster=f"{_describe(ray.cluster_resources())}, {where}", duplicates=totals.duplicates, n_duplicates=totals["duplicates"],
         errors=totals.errors, ignored_files=listing.ignored, model_actors=actors,
+        bundle_warning=bundle.manifest.quality_warning(),
         outputs={**{name: out.uri_of(name) for name in ("patients", "joints", "images", "catalogue", "runs")},
                  PREDICTIONS: out.uri_of(PREDICTIONS)},
     )
@@ -468,13 +473,16 @@ def score_archive(
 def load_models(models: str | None, storage_options: dict[str, Any] | None):
     """``(bundle, uri, storage options for the actors)``: verified once on the driver to fail early
     and to learn the model version and label medians (no model is built here: the actors load their
-    own)."""
+    own). A bundle that failed its quality check when it was trained loads with a warning on stderr."""
     loc = resolve(models or default_bundle(), storage_options)
     uri, options = loc.uri_of(), loc.options or None
     try:
         bundle = load_bundle(uri, storage_options=options, parts=())
     except BundleError as e:
         raise JobInputError(str(e)) from e
+    warning = bundle.manifest.quality_warning()
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     missing = [c for c in COLUMNS if c not in bundle.label_medians]
     if missing:
         raise JobInputError(f"model bundle {uri} has no label median for {len(missing)} column(s) (first: {missing[0]}); "

@@ -37,7 +37,6 @@ from ra2batch.models.joint_model import JointHeadConfig, JointModel
 from ra2batch.models.manifest import FORMAT_VERSION, Architecture, Manifest, Provenance
 from ra2batch.models.plan import PLAN, ModelPlan
 from ra2batch.models.preprocessing import Preprocessing
-from ra2batch.models.pretrained import DETECTOR_LAYOUTS, JOINT_LAYOUTS, check_names, load_pretrained
 from ra2batch.storage import Location, resolve
 from ra2batch.validation import one_line
 
@@ -95,14 +94,11 @@ class ModelBundle:
         self.joint_models = joint_models
         self._model_version: str | None = None  # set by save and load
         self.device = torch.device("cpu")
-        self._pretrained: dict[str, list[str]] = {}  # model -> names of the tensors its pretrained file set
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, pretrained: Mapping[str, str] | None = None, *,
-                      parts: Collection[str] = PARTS, storage_options: dict[str, Any] | None = None) -> ModelBundle:
-        """Untrained models for ``manifest``; ``pretrained`` maps a kind or group name to the file
-        (local or ``s3://``) of its starting weights (:mod:`ra2batch.models.pretrained`), which the
-        manifest's ``provenance.pretrained`` then records.
+                      parts: Collection[str] = PARTS) -> ModelBundle:
+        """Untrained models for ``manifest``; ``pretrained`` maps a kind or group name to a backbone file.
 
         ``parts`` picks what to build (``"detectors"``, ``"joint_models"``): a scoring actor that
         only detects need not hold the joint models.
@@ -110,42 +106,21 @@ class ModelBundle:
         unknown = sorted(set(parts) - set(PARTS))
         if unknown:
             raise ValueError(f"unknown bundle part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+        pretrained = dict(pretrained or {})
         arch, prep = manifest.architecture, manifest.preprocessing
         detectors: dict[str, nn.Module] = {
-            kind: detector_from_config(cfg, len(catalogue.detector_classes(kind)), preprocessing=prep)
+            kind: detector_from_config(cfg, len(catalogue.detector_classes(kind)), preprocessing=prep,
+                                       pretrained_file=pretrained.pop(kind, None))
             for kind, cfg in arch.detectors.items() if "detectors" in parts
         }
         joints: dict[str, nn.Module] = {
-            g.name: JointModel(g.backbone, g.n_outputs, g.crop_shape, arch.joint_head, preprocessing=prep)
+            g.name: JointModel(g.backbone, g.n_outputs, g.crop_shape, arch.joint_head, preprocessing=prep,
+                               pretrained_file=pretrained.pop(g.name, None))
             for g in manifest.plan.groups if "joint_models" in parts
         }
-        bundle = cls(manifest, detectors, joints)
-        return bundle._start_from(pretrained, storage_options) if pretrained else bundle
-
-    def _start_from(self, files: Mapping[str, str], storage_options: dict[str, Any] | None) -> ModelBundle:
-        """Load each model's starting weights from ``files`` ``{model: file}``; recorded in the provenance."""
-        check_names(files, [*self.detectors, *self.joint_models])
-        records = dict(self._manifest.provenance.pretrained)
-        for name, uri in files.items():
-            if name in self.detectors:
-                what = f"{name} detector ({self._manifest.architecture.detectors[name].backbone})"  # type: ignore[index]
-                model, layouts = self.detectors[name], DETECTOR_LAYOUTS
-            else:
-                what = f"joint model {name} ({self.plan.group(name).backbone})"
-                model, layouts = self.joint_models[name], JOINT_LAYOUTS
-            records[name], self._pretrained[name] = load_pretrained(model, uri, what=what, layouts=layouts,
-                                                                    storage_options=storage_options)
-        provenance = self._manifest.provenance.model_copy(update={"pretrained": records})
-        self._manifest = self._manifest.model_copy(update={"provenance": provenance})
-        return self
-
-    def pretrained_state(self, name: str) -> dict[str, torch.Tensor]:
-        """The tensors of model ``name`` that its pretrained file set, as they are now (CPU copies, for
-        safetensors); empty for a model that started from random weights. Training hands them to the
-        workers, which build the model afresh."""
-        module = self.detectors[name] if name in self.detectors else self.joint_models[name]
-        keys = set(self._pretrained.get(name, ()))
-        return {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items() if k in keys}
+        if pretrained:
+            raise ValueError(f"pretrained weights given for unknown model(s): {', '.join(sorted(pretrained))}")
+        return cls(manifest, detectors, joints)
 
     # -- description -------------------------------------------------------------------------------
 
@@ -371,19 +346,16 @@ def build_bundle(
     joint_head: JointHeadConfig = JointHeadConfig(),
     preprocessing: Preprocessing = Preprocessing(),
     pretrained: Mapping[str, str] | None = None,
-    storage_options: dict[str, Any] | None = None,
 ) -> ModelBundle:
     """An untrained bundle in memory: a hand and a foot detector and one joint model per plan group.
 
     ``detectors`` is one config for both kinds or ``{"hand": ..., "foot": ...}``; ``pretrained`` maps
-    ``"hand"``/``"foot"``/a group name to the file (local or ``s3://``) of its starting weights: the
-    whole model's or its backbone's (timm's, torchvision's ImageNet weights), safetensors or a
-    PyTorch state dict (:mod:`ra2batch.models.pretrained`).
+    ``"hand"``/``"foot"``/a group name to a local safetensors file of backbone weights.
     """
     per_kind = dict(detectors) if isinstance(detectors, Mapping) else {"hand": detectors, "foot": detectors}
     manifest = Manifest(plan=plan, architecture=Architecture(detectors=per_kind, joint_head=joint_head),
                         preprocessing=preprocessing)
-    return ModelBundle.from_manifest(manifest, pretrained, storage_options=storage_options)
+    return ModelBundle.from_manifest(manifest, pretrained)
 
 
 def _read_manifest(loc: Location, uri: str) -> tuple[dict[str, Any], Manifest]:
@@ -451,16 +423,18 @@ def _load_into(module: nn.Module, data: bytes, name: str, uri: str) -> None:
 
 
 def recalibrate(uri: str, thresholds: Mapping[str, float], held_out: Mapping[str, Any] | None = None,
-                storage_options: dict[str, Any] | None = None) -> str:
+                storage_options: dict[str, Any] | None = None, quality: Mapping[str, Any] | None = None) -> str:
     """Set the ``limb_min_confidence`` of the detectors of the saved bundle at ``uri`` (``{kind: value}``)
-    and, when given, its held-out figures (``metrics.held_out``), in its bundle.json alone, leaving the
-    weight files as they are (a float16 bundle stays float16); returns the bundle's new ``model_version``."""
+    and, when given, its held-out figures (``metrics.held_out``) and their quality check
+    (``metrics.quality``), in its bundle.json alone, leaving the weight files as they are (a float16
+    bundle stays float16); returns the bundle's new ``model_version``."""
     loc = resolve(uri, storage_options)
     raw, _ = _read_manifest(loc, uri)
     for kind, value in thresholds.items():
         raw["architecture"]["detectors"][kind]["limb_min_confidence"] = float(value)
-    if held_out is not None:
-        raw.setdefault("metrics", {})["held_out"] = dict(held_out)
+    for key, value in (("held_out", held_out), ("quality", quality)):
+        if value is not None:
+            raw.setdefault("metrics", {})[key] = dict(value)
     Manifest.model_validate(raw)
     loc.write_bytes(json.dumps(raw, indent=2, sort_keys=True).encode() + b"\n", MANIFEST_NAME)
     return load_bundle(uri, storage_options, parts=()).model_version

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 import ra2batch
 from ra2batch import catalogue
@@ -19,6 +19,7 @@ from ra2batch.models.detectors import DetectorConfig
 from ra2batch.models.joint_model import JointHeadConfig
 from ra2batch.models.plan import ModelPlan
 from ra2batch.models.preprocessing import Preprocessing
+from ra2batch.validation import one_line
 
 #: The bundle layout this code writes and reads.
 FORMAT_VERSION = 1
@@ -30,17 +31,6 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-class PretrainedWeights(BaseModel):
-    """The weights one model started training from (``ra2batch train --pretrained``)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    file: str  # local path or s3:// URI as given
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")  # of the file's bytes
-    loaded: int = Field(ge=0)  # tensors loaded into the model
-    dropped: list[str] = Field(default_factory=list)  # the file's classifier/head tensors that did not fit
-
-
 class Provenance(BaseModel):
     """Where a bundle's weights came from. Extra keys (e.g. per-run settings) are kept."""
 
@@ -50,8 +40,6 @@ class Provenance(BaseModel):
     command: str | None = None  # the command line that trained the bundle
     created: str = Field(default_factory=_now)  # ISO 8601, UTC
     code_version: str = ra2batch.__version__
-    #: model (``hand``, ``foot``, a group name) -> its starting weights; absent: a random start
-    pretrained: dict[str, PretrainedWeights] = Field(default_factory=dict)
 
 
 class Architecture(BaseModel):
@@ -68,6 +56,17 @@ class WeightFile(BaseModel):
 
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     size: int = Field(ge=0)  # bytes
+
+
+class Quality(BaseModel):
+    """``metrics.quality``: the held-out figures checked against floors when the bundle was trained
+    (``ra2batch.training.quality``); bundles made before the check have none."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ok: bool
+    problems: list[str] = Field(default_factory=list)  # one per figure that missed its floor
+    floors: dict[str, float] = Field(default_factory=dict)
 
 
 class Manifest(BaseModel):
@@ -89,3 +88,19 @@ class Manifest(BaseModel):
         if unknown:
             raise ValueError(f"label_medians has unknown RA2 columns: {', '.join(unknown[:5])}")
         return v
+
+    @field_validator("metrics")
+    @classmethod
+    def _quality_is_well_formed(cls, v: dict[str, Any]) -> dict[str, Any]:
+        try:
+            Quality.model_validate(v.get("quality", {"ok": True}))
+        except ValidationError as e:
+            raise ValueError(f"quality: {one_line(e)}") from None
+        return v
+
+    def quality_warning(self) -> str | None:
+        """One line when the bundle failed its quality check at training (None: it passed, or predates the check)."""
+        quality = self.metrics.get("quality")
+        if quality is None or quality["ok"]:
+            return None
+        return "the model bundle failed its quality check when it was trained: " + "; ".join(quality["problems"])

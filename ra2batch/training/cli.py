@@ -7,7 +7,7 @@ import shlex
 import sys
 from typing import TYPE_CHECKING
 
-from ..cliutil import RUNTIME, USAGE, add_address, add_renamed, add_storage_options, error
+from ..cliutil import FLAGGED, RUNTIME, USAGE, add_address, add_renamed, add_storage_options, error
 
 if TYPE_CHECKING:
     from .presets import TrainPreset
@@ -20,6 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                 help="where to write the model bundle (local or s3://)")
     p.add_argument("--preset", default="demo", metavar="NAME",
                    help="paper: DeepRA's models for GPU clusters; demo: tiny models for a laptop (default)")
+    p.add_argument("--preset-file", default=None, metavar="FILE",
+                   help="YAML or JSON settings applied on top of --preset, full or partial (a partial file "
+                        "changes only what it names; the built-ins as files: ra2batch/presets/*.yaml)")
     p.add_argument("--name", default=None,
                    help="run name; starting a run with the same name and storage path resumes it "
                         "(default: train-<preset>)")
@@ -40,10 +43,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed of the patient split and initialisation")
     p.add_argument("--stop-after-epochs", type=int, default=None,
                    help="pause: end each model's session after this many epochs (rerun to continue)")
-    p.add_argument("--pretrained", action="append", default=[], metavar="NAME=FILE",
-                   help="start model NAME (hand, foot or a joint group of the preset's plan, e.g. erosion_fingers) "
-                        "from the weights in FILE (local or s3://; safetensors or a PyTorch state dict: the whole "
-                        "model's, or its backbone's such as timm's or torchvision's ImageNet weights); repeatable")
     add_address(p)
     add_storage_options(p)
 
@@ -60,10 +59,12 @@ def _budgets(preset: TrainPreset, total: float) -> tuple[float, dict[str, float]
 
 
 def configure(args: argparse.Namespace) -> TrainPreset:
-    """The chosen preset with the command line's overrides applied."""
-    from .presets import TrainPreset, get_preset
+    """The chosen preset, changed by ``--preset-file`` and then by the command line's overrides."""
+    from .presets import get_preset, load_preset_file, merged
 
     preset = get_preset(args.preset)
+    if args.preset_file is not None:
+        preset = load_preset_file(args.preset_file, preset)
     det, joint = dict(), dict()
     if args.epochs is not None:
         det["epochs"] = joint["epochs"] = args.epochs
@@ -75,24 +76,8 @@ def configure(args: argparse.Namespace) -> TrainPreset:
         det["max_minutes"], joint["group_minutes"] = _budgets(preset, args.max_train_minutes)
     if args.joint_boxes is not None:
         joint["boxes"] = args.joint_boxes
-    top: dict = {} if args.seed is None else {"seed": args.seed}
-    # Rebuilt through model_validate so that the overrides are validated too.
-    return TrainPreset.model_validate({
-        **preset.model_dump(), **top,
-        "detector_training": {**preset.detector_training.model_dump(), **det},
-        "joint_training": {**preset.joint_training.model_dump(), **joint},
-    })
-
-
-def pretrained_files(args: argparse.Namespace, preset: TrainPreset) -> dict[str, str]:
-    """``--pretrained NAME=FILE`` as ``{name: file}``: names checked against the preset's models and files
-    for existence, before Ray starts."""
-    from ..models.pretrained import check_exists, parse_pretrained
-
-    files = parse_pretrained(args.pretrained, [*preset.detectors, *preset.plan.names])
-    for file in files.values():
-        check_exists(file, args.storage_options)
-    return files
+    changes = {"seed": args.seed, "detector_training": det, "joint_training": joint}
+    return merged(preset, {k: v for k, v in changes.items() if v not in (None, {})})
 
 
 def format_summary(metrics: dict) -> str:
@@ -112,7 +97,6 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         preset = configure(args)
-        pretrained = pretrained_files(args, preset)
     except ValidationError as e:
         return error("train", f"invalid training settings: {one_line(e)}", USAGE)
     except ValueError as e:
@@ -120,7 +104,6 @@ def main(args: argparse.Namespace) -> int:
     import ray.data
 
     from ..cluster import ClusterError, connect
-    from ..models.pretrained import PretrainedError
     from ..scorer import ScoringError
     from .dataset import DatasetError
     from .pipeline import RunSettings, TrainingError, train
@@ -136,10 +119,21 @@ def main(args: argparse.Namespace) -> int:
                       log=lambda m: print(m, flush=True))
     try:
         metrics = train(args.input, args.output, preset, run, storage_options=args.storage_options,
-                        command=shlex.join(sys.argv), pretrained=pretrained)
-    except (DatasetError, ScoringError, PretrainedError) as e:
+                        command=shlex.join(sys.argv))
+    except (DatasetError, ScoringError) as e:
         return error("train", e, USAGE)
     except TrainingError as e:
         return error("train", e, RUNTIME)
     print(format_summary(metrics))
-    return 0
+    return verdict(metrics["quality"], args.output)
+
+
+def verdict(quality: dict, out: str) -> int:
+    """0 for a bundle that passed its quality check; else ``FLAGGED``, each figure that missed its floor on stderr."""
+    if quality["ok"]:
+        return 0
+    print(f"ra2batch train: warning: the bundle written to {out} failed its quality check (flagged in its "
+          f"bundle.json, metrics.quality; exit code {FLAGGED}):", file=sys.stderr)
+    for problem in quality["problems"]:
+        print(f"  {problem}", file=sys.stderr)
+    return FLAGGED

@@ -10,16 +10,15 @@ budget and the checkpoint clock are agreed by all-reduces.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from dataclasses import asdict
 from typing import Callable
 
-import ray
 import ray.train
 import torch
 import torch.distributed as dist
-from safetensors.torch import load as load_safetensors
 from torch import nn
 
 from .state import Plateau, TrainState, cpu_state, load_checkpoint, save_checkpoint
@@ -57,12 +56,11 @@ def is_rank_zero() -> bool:
     return ray.train.get_context().get_world_rank() == 0
 
 
-def start_from(model: nn.Module, pretrained: ray.ObjectRef | None) -> None:
-    """Give a freshly built model its pretrained tensors (``ra2batch train --pretrained``): safetensors
-    bytes the driver put in the object store (``None``: a random start). When a run resumes, its
-    checkpoint then replaces them."""
-    if pretrained is not None:
-        model.load_state_dict(load_safetensors(ray.get(pretrained)), strict=False)
+def say(line: str) -> None:
+    """Print ``line`` once on the driver's console. Not with ``print``: Ray Train's workers replace it with
+    one that logs the line to the console and, since Ray wraps a worker's stdout, also prints it (twice)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def run_epochs(
@@ -92,7 +90,7 @@ def run_epochs(
             state, best = load_checkpoint(d, model, optimizer)
         plateau = Plateau(**state.plateau)
         if is_rank_zero():
-            print(f"[{name}] resuming after epoch {state.epoch} from {checkpoint.path}", flush=True)
+            say(f"[{name}] resuming after epoch {state.epoch} from {checkpoint.path}")
     spent = sum(h.get("minutes", 0.0) for h in state.history)
     # A model stopped by its epoch cap or time budget continues when rerun with a larger one.
     if state.stopped == "early_stop" or state.epoch >= epochs or (max_minutes is not None and spent >= max_minutes):
@@ -125,8 +123,8 @@ def run_epochs(
             state.stopped = "epochs"
         if is_rank_zero():
             shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("epoch", "minutes", "workers"))
-            print(f"[{name}] epoch {state.epoch}/{epochs} {shown} ({minutes:.2f} min)"
-                  + (f" -> stop: {state.stopped}" if state.stopped else ""), flush=True)
+            say(f"[{name}] epoch {state.epoch}/{epochs} {shown} ({minutes:.2f} min)"
+                + (f" -> stop: {state.stopped}" if state.stopped else ""))
         session_epochs += 1
         ends = bool(state.stopped) or (stop_after_epochs is not None and session_epochs >= stop_after_epochs)
         if ends or any_rank(time.monotonic() - saved_at >= CHECKPOINT_EVERY_S):

@@ -4,18 +4,24 @@
 models at 256/300 px): for GPU clusters. ``demo`` is tiny models that train on 2 CPU cores on a synthetic
 cohort (19 minutes of model training by default, most of it for the detectors and the erosion
 models: 24 minutes of wall time on 2 cores); the built-in demo bundle is trained with it (``--max-train-minutes 36``).
-A preset is saved in the bundle's provenance so a run can be reproduced.
+A preset is saved in the bundle's provenance so a run can be reproduced. ``ra2batch train --preset-file``
+changes a preset with a YAML or JSON file, full or partial (``PRESET_DIR`` holds both built-ins as files).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..models.detectors import DetectorConfig
 from ..models.joint_model import JointHeadConfig
 from ..models.plan import PLAN, ModelPlan
+from ..validation import one_line, read_settings
+
+#: ``paper.yaml`` and ``demo.yaml``: the built-in presets written out (package data), to copy and edit.
+PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 
 
 class DetectorTraining(BaseModel):
@@ -129,3 +135,28 @@ def get_preset(name: str) -> TrainPreset:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
     return PRESETS[name]
+
+
+def merged(base: TrainPreset, changes: Mapping[str, Any]) -> TrainPreset:
+    """``base`` with ``changes`` applied, nested mappings key by key, so a partial ``changes`` alters only
+    what it names (a list or an empty mapping, e.g. ``group_minutes: {}``, replaces the value whole); a
+    ``ValidationError`` names each setting that is not valid."""
+    return TrainPreset.model_validate(_deep_merge(base.model_dump(), changes))
+
+
+def _deep_merge(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in changes.items():
+        nested = isinstance(value, Mapping) and bool(value) and isinstance(out.get(key), Mapping)
+        out[key] = _deep_merge(out[key], value) if nested else value
+    return out
+
+
+def load_preset_file(path: str | Path, base: TrainPreset) -> TrainPreset:
+    """``base`` changed by the preset file ``path`` (``.yaml``, ``.yml`` or ``.json``, full or partial); a
+    ``ValueError`` of one line names the file and each setting that is unknown or not valid."""
+    changes = read_settings(path, "preset file")
+    try:
+        return merged(base, changes)
+    except ValidationError as e:
+        raise ValueError(f"preset file {path}: {one_line(e)}") from None
