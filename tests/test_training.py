@@ -143,3 +143,29 @@ def test_two_workers_train_with_ddp_on_a_local_cluster(cohort, local_ray, tmp_pa
     assert not math.isnan(state.history[1]["val_rmse"])
     g = TINY.plan.group(group)
     assert set(best) == set(JointModel(g.backbone, g.n_outputs, g.crop_shape, TINY.joint_head).state_dict())
+
+
+def test_a_joint_model_trains_on_from_its_pretrained_weights(cohort, local_ray, tmp_path):
+    """``--pretrained`` reaches the Ray Train workers, which build their model afresh: with the backbone
+    frozen, the trained model's backbone parameters are the file's."""
+    import torch
+    from safetensors.torch import save_file
+
+    from ra2batch.models import build_bundle
+
+    group = "erosion_fingers"
+    g = TINY.plan.group(group)
+    source = JointModel(g.backbone, g.n_outputs, g.crop_shape, TINY.joint_head)
+    with torch.no_grad():
+        source.backbone.conv_stem.weight.fill_(0.125)
+    save_file(source.state_dict(), tmp_path / "start.safetensors")
+    bundle = build_bundle(TINY.plan, dict(TINY.detectors), joint_head=TINY.joint_head,
+                          pretrained={group: str(tmp_path / "start.safetensors")})
+    config = {**_joint_config(group, 1, unfrozen_fraction=0.0), "pretrained": pipeline._pretrained(bundle, group)}
+    run = pipeline.RunSettings(name="pretrained", storage_path=str(tmp_path / "runs"))
+    best, state = pipeline.fit_model(joints.train_loop_per_worker, f"joint-{group}", config,
+                                     _group_datasets(cohort, group), run)
+    assert state.epoch == 1
+    backbone = {k: v for k, v in source.named_parameters() if k.startswith("backbone.")}
+    assert all(torch.equal(best[k], v) for k, v in backbone.items())
+    assert torch.all(best["backbone.conv_stem.weight"] == 0.125)

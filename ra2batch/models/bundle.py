@@ -37,6 +37,7 @@ from ra2batch.models.joint_model import JointHeadConfig, JointModel
 from ra2batch.models.manifest import FORMAT_VERSION, Architecture, Manifest, Provenance
 from ra2batch.models.plan import PLAN, ModelPlan
 from ra2batch.models.preprocessing import Preprocessing
+from ra2batch.models.pretrained import DETECTOR_LAYOUTS, JOINT_LAYOUTS, check_names, load_pretrained
 from ra2batch.storage import Location, resolve
 from ra2batch.validation import one_line
 
@@ -94,11 +95,14 @@ class ModelBundle:
         self.joint_models = joint_models
         self._model_version: str | None = None  # set by save and load
         self.device = torch.device("cpu")
+        self._pretrained: dict[str, list[str]] = {}  # model -> names of the tensors its pretrained file set
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, pretrained: Mapping[str, str] | None = None, *,
-                      parts: Collection[str] = PARTS) -> ModelBundle:
-        """Untrained models for ``manifest``; ``pretrained`` maps a kind or group name to a backbone file.
+                      parts: Collection[str] = PARTS, storage_options: dict[str, Any] | None = None) -> ModelBundle:
+        """Untrained models for ``manifest``; ``pretrained`` maps a kind or group name to the file
+        (local or ``s3://``) of its starting weights (:mod:`ra2batch.models.pretrained`), which the
+        manifest's ``provenance.pretrained`` then records.
 
         ``parts`` picks what to build (``"detectors"``, ``"joint_models"``): a scoring actor that
         only detects need not hold the joint models.
@@ -106,21 +110,42 @@ class ModelBundle:
         unknown = sorted(set(parts) - set(PARTS))
         if unknown:
             raise ValueError(f"unknown bundle part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
-        pretrained = dict(pretrained or {})
         arch, prep = manifest.architecture, manifest.preprocessing
         detectors: dict[str, nn.Module] = {
-            kind: detector_from_config(cfg, len(catalogue.detector_classes(kind)), preprocessing=prep,
-                                       pretrained_file=pretrained.pop(kind, None))
+            kind: detector_from_config(cfg, len(catalogue.detector_classes(kind)), preprocessing=prep)
             for kind, cfg in arch.detectors.items() if "detectors" in parts
         }
         joints: dict[str, nn.Module] = {
-            g.name: JointModel(g.backbone, g.n_outputs, g.crop_shape, arch.joint_head, preprocessing=prep,
-                               pretrained_file=pretrained.pop(g.name, None))
+            g.name: JointModel(g.backbone, g.n_outputs, g.crop_shape, arch.joint_head, preprocessing=prep)
             for g in manifest.plan.groups if "joint_models" in parts
         }
-        if pretrained:
-            raise ValueError(f"pretrained weights given for unknown model(s): {', '.join(sorted(pretrained))}")
-        return cls(manifest, detectors, joints)
+        bundle = cls(manifest, detectors, joints)
+        return bundle._start_from(pretrained, storage_options) if pretrained else bundle
+
+    def _start_from(self, files: Mapping[str, str], storage_options: dict[str, Any] | None) -> ModelBundle:
+        """Load each model's starting weights from ``files`` ``{model: file}``; recorded in the provenance."""
+        check_names(files, [*self.detectors, *self.joint_models])
+        records = dict(self._manifest.provenance.pretrained)
+        for name, uri in files.items():
+            if name in self.detectors:
+                what = f"{name} detector ({self._manifest.architecture.detectors[name].backbone})"  # type: ignore[index]
+                model, layouts = self.detectors[name], DETECTOR_LAYOUTS
+            else:
+                what = f"joint model {name} ({self.plan.group(name).backbone})"
+                model, layouts = self.joint_models[name], JOINT_LAYOUTS
+            records[name], self._pretrained[name] = load_pretrained(model, uri, what=what, layouts=layouts,
+                                                                    storage_options=storage_options)
+        provenance = self._manifest.provenance.model_copy(update={"pretrained": records})
+        self._manifest = self._manifest.model_copy(update={"provenance": provenance})
+        return self
+
+    def pretrained_state(self, name: str) -> dict[str, torch.Tensor]:
+        """The tensors of model ``name`` that its pretrained file set, as they are now (CPU copies, for
+        safetensors); empty for a model that started from random weights. Training hands them to the
+        workers, which build the model afresh."""
+        module = self.detectors[name] if name in self.detectors else self.joint_models[name]
+        keys = set(self._pretrained.get(name, ()))
+        return {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items() if k in keys}
 
     # -- description -------------------------------------------------------------------------------
 
@@ -346,16 +371,19 @@ def build_bundle(
     joint_head: JointHeadConfig = JointHeadConfig(),
     preprocessing: Preprocessing = Preprocessing(),
     pretrained: Mapping[str, str] | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> ModelBundle:
     """An untrained bundle in memory: a hand and a foot detector and one joint model per plan group.
 
     ``detectors`` is one config for both kinds or ``{"hand": ..., "foot": ...}``; ``pretrained`` maps
-    ``"hand"``/``"foot"``/a group name to a local safetensors file of backbone weights.
+    ``"hand"``/``"foot"``/a group name to the file (local or ``s3://``) of its starting weights: the
+    whole model's or its backbone's (timm's, torchvision's ImageNet weights), safetensors or a
+    PyTorch state dict (:mod:`ra2batch.models.pretrained`).
     """
     per_kind = dict(detectors) if isinstance(detectors, Mapping) else {"hand": detectors, "foot": detectors}
     manifest = Manifest(plan=plan, architecture=Architecture(detectors=per_kind, joint_head=joint_head),
                         preprocessing=preprocessing)
-    return ModelBundle.from_manifest(manifest, pretrained)
+    return ModelBundle.from_manifest(manifest, pretrained, storage_options=storage_options)
 
 
 def _read_manifest(loc: Location, uri: str) -> tuple[dict[str, Any], Manifest]:

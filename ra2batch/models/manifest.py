@@ -31,6 +31,17 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+class PretrainedWeights(BaseModel):
+    """The weights one model started training from (``ra2batch train --pretrained``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    file: str  # local path or s3:// URI as given
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")  # of the file's bytes
+    loaded: int = Field(ge=0)  # tensors loaded into the model
+    dropped: list[str] = Field(default_factory=list)  # the file's classifier/head tensors that did not fit
+
+
 class Provenance(BaseModel):
     """Where a bundle's weights came from. Extra keys (e.g. per-run settings) are kept."""
 
@@ -40,6 +51,8 @@ class Provenance(BaseModel):
     command: str | None = None  # the command line that trained the bundle
     created: str = Field(default_factory=_now)  # ISO 8601, UTC
     code_version: str = ra2batch.__version__
+    #: model (``hand``, ``foot``, a group name) -> its starting weights; absent: a random start
+    pretrained: dict[str, PretrainedWeights] = Field(default_factory=dict)
 
 
 class Architecture(BaseModel):

@@ -43,6 +43,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed of the patient split and initialisation")
     p.add_argument("--stop-after-epochs", type=int, default=None,
                    help="pause: end each model's session after this many epochs (rerun to continue)")
+    p.add_argument("--pretrained", action="append", default=[], metavar="NAME=FILE",
+                   help="start model NAME (hand, foot or a joint group of the preset's plan, e.g. erosion_fingers) "
+                        "from the weights in FILE (local or s3://; safetensors or a PyTorch state dict: the whole "
+                        "model's, or its backbone's such as timm's or torchvision's ImageNet weights); repeatable")
     add_address(p)
     add_storage_options(p)
 
@@ -80,6 +84,17 @@ def configure(args: argparse.Namespace) -> TrainPreset:
     return merged(preset, {k: v for k, v in changes.items() if v not in (None, {})})
 
 
+def pretrained_files(args: argparse.Namespace, preset: TrainPreset) -> dict[str, str]:
+    """``--pretrained NAME=FILE`` as ``{name: file}``: names checked against the preset's models and files
+    for existence, before Ray starts."""
+    from ..models.pretrained import check_exists, parse_pretrained
+
+    files = parse_pretrained(args.pretrained, [*preset.detectors, *preset.plan.names])
+    for file in files.values():
+        check_exists(file, args.storage_options)
+    return files
+
+
 def format_summary(metrics: dict) -> str:
     h = metrics["held_out"]
     lines = [f"held-out patients: {h['n_patients']} ({h['n_images']} radiographs)",
@@ -97,6 +112,7 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         preset = configure(args)
+        pretrained = pretrained_files(args, preset)
     except ValidationError as e:
         return error("train", f"invalid training settings: {one_line(e)}", USAGE)
     except ValueError as e:
@@ -104,6 +120,7 @@ def main(args: argparse.Namespace) -> int:
     import ray.data
 
     from ..cluster import ClusterError, connect
+    from ..models.pretrained import PretrainedError
     from ..scorer import ScoringError
     from .dataset import DatasetError
     from .pipeline import RunSettings, TrainingError, train
@@ -119,8 +136,8 @@ def main(args: argparse.Namespace) -> int:
                       log=lambda m: print(m, flush=True))
     try:
         metrics = train(args.input, args.output, preset, run, storage_options=args.storage_options,
-                        command=shlex.join(sys.argv))
-    except (DatasetError, ScoringError) as e:
+                        command=shlex.join(sys.argv), pretrained=pretrained)
+    except (DatasetError, ScoringError, PretrainedError) as e:
         return error("train", e, USAGE)
     except TrainingError as e:
         return error("train", e, RUNTIME)

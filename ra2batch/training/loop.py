@@ -16,9 +16,11 @@ import time
 from dataclasses import asdict
 from typing import Callable
 
+import ray
 import ray.train
 import torch
 import torch.distributed as dist
+from safetensors.torch import load as load_safetensors
 from torch import nn
 
 from .state import Plateau, TrainState, cpu_state, load_checkpoint, save_checkpoint
@@ -61,6 +63,14 @@ def say(line: str) -> None:
     one that logs the line to the console and, since Ray wraps a worker's stdout, also prints it (twice)."""
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
+
+
+def start_from(model: nn.Module, pretrained: ray.ObjectRef | None) -> None:
+    """Give a freshly built model its pretrained tensors (``ra2batch train --pretrained``): safetensors
+    bytes the driver put in the object store (``None``: a random start). When a run resumes, its
+    checkpoint then replaces them."""
+    if pretrained is not None:
+        model.load_state_dict(load_safetensors(ray.get(pretrained)), strict=False)
 
 
 def run_epochs(

@@ -13,7 +13,7 @@ import hashlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import ray
 import ray.data
@@ -21,9 +21,11 @@ import ray.train
 from ray.data.expressions import col
 from ray.train import CheckpointConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
+from safetensors.torch import save as save_safetensors
 
 from .. import catalogue
 from ..models.bundle import ModelBundle, build_bundle
+from ..models.pretrained import describe
 from ..storage import is_remote, resolve
 from . import detectors as detector_worker
 from . import joints as joint_worker
@@ -94,6 +96,12 @@ def data_fingerprint(index: DatasetIndex) -> str:
     return h.hexdigest()
 
 
+def _pretrained(bundle: ModelBundle, name: str) -> ray.ObjectRef | None:
+    """Model ``name``'s pretrained tensors in the object store for its workers (None: a random start)."""
+    state = bundle.pretrained_state(name)
+    return ray.put(save_safetensors(state)) if state else None
+
+
 def _history(state: Any, monitor: str) -> dict[str, Any]:
     best = state.history[state.best_epoch - 1] if state.best_epoch else {}
     return {"epochs": state.epoch, "best_epoch": state.best_epoch, "stopped": state.stopped,
@@ -114,7 +122,8 @@ def train_detectors(bundle: ModelBundle, index: DatasetIndex, train_p: list[str]
                     "val": detector_dataset(index, val, arch.min_size, arch.max_size).materialize()}
         config = {"kind": kind, "detector": arch.model_dump(mode="json"),
                   "training": preset.detector_training.model_dump(mode="json"),
-                  "preprocessing": bundle.preprocessing.model_dump(mode="json"), "seed": preset.seed}
+                  "preprocessing": bundle.preprocessing.model_dump(mode="json"), "seed": preset.seed,
+                  "pretrained": _pretrained(bundle, kind)}
         best, state = fit_model(detector_worker.train_loop_per_worker, f"detector-{kind}", config, datasets, run)
         bundle.detectors[kind].load_state_dict(best)
         summary[f"detector-{kind}"] = _history(state, "val_mAP")
@@ -142,7 +151,7 @@ def train_joint_models(bundle: ModelBundle, index: DatasetIndex, train_p: list[s
         config = {"group": group.model_dump(mode="json"), "head": preset.joint_head.model_dump(mode="json"),
                   "training": cfg.model_dump(mode="json"),
                   "preprocessing": bundle.preprocessing.model_dump(mode="json"),
-                  "keep_zero": keep_zero, "seed": preset.seed}
+                  "keep_zero": keep_zero, "seed": preset.seed, "pretrained": _pretrained(bundle, group.name)}
         best, state = fit_model(joint_worker.train_loop_per_worker, f"joint-{group.name}", config, datasets, run)
         bundle.joint_models[group.name].load_state_dict(best)
         summary[f"joint-{group.name}"] = _history(state, "val_rmse")
@@ -150,21 +159,27 @@ def train_joint_models(bundle: ModelBundle, index: DatasetIndex, train_p: list[s
 
 
 def train(data: str, out: str, preset: TrainPreset, run: RunSettings, *,
-          storage_options: dict[str, Any] | None = None, command: str | None = None) -> dict[str, Any]:
-    """Train every model of ``preset`` on the RA2-layout dataset ``data`` and save the bundle to ``out``.
+          storage_options: dict[str, Any] | None = None, command: str | None = None,
+          pretrained: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Train every model of ``preset`` on the RA2-layout dataset ``data`` and save the bundle to ``out``;
+    ``pretrained`` maps a model (``hand``, ``foot``, a group name) to the file of its starting weights.
 
     Returns the bundle's metrics (also written to its bundle.json): the held-out evaluation
     (SC1-3, baseline, ratios, detector mAP at IoU 0.6), its quality check (``quality.check``) and each
     model's training summary.
     """
     started = time.monotonic()
+    # first, so that unusable pretrained weights fail before the dataset is read
+    bundle = build_bundle(preset.plan, dict(preset.detectors), joint_head=preset.joint_head, pretrained=pretrained,
+                          storage_options=storage_options)
+    for name, record in bundle.manifest.provenance.pretrained.items():
+        run.log(describe(name, record))
     index = index_dataset(data, storage_options)
     for note in index.notes:
         run.log(f"note: {note}")
     train_p, val_p = split_patients(index.patients(), preset.val_fraction, preset.seed)
     run.log(f"{len(index.images)} radiographs of {len(train_p) + len(val_p)} patients: "
             f"{len(train_p)} for training, {len(val_p)} held out")
-    bundle = build_bundle(preset.plan, dict(preset.detectors), joint_head=preset.joint_head)
     summary = train_detectors(bundle, index, train_p, val_p, preset, run)
     summary.update(train_joint_models(bundle, index, train_p, val_p, preset, run))
     train_labels = index.labels.loc[train_p]
@@ -179,7 +194,8 @@ def train(data: str, out: str, preset: TrainPreset, run: RunSettings, *,
                "minutes": (time.monotonic() - started) / 60}
     provenance = {"training_data": data_fingerprint(index), "command": command, "data": data,
                   "preset": preset.model_dump(mode="json"), "run_name": run.name,
-                  "held_out_patients": val_p, "num_workers": run.num_workers, "use_gpu": run.use_gpu}
+                  "held_out_patients": val_p, "num_workers": run.num_workers, "use_gpu": run.use_gpu,
+                  "pretrained": bundle.manifest.provenance.pretrained}
     if preset.weights_dtype == "float16":
         for module in [*bundle.detectors.values(), *bundle.joint_models.values()]:
             module.half()
