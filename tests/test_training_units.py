@@ -29,9 +29,10 @@ def test_voc_boxes_are_read_and_checked_against_the_limb_kind():
         parse_voc(VOC.replace(b"<xmax>50", b"<xmax>5"), "x.xml", "hand")
 
 
-def test_image_names_give_patient_and_limb():
-    assert parse_name("UAB-001-RF.jpg") == ("UAB-001", "RF")
-    with pytest.raises(DatasetError, match="not named"):
+def test_image_names_give_patient_visit_and_limb():
+    # the scoring job's rule (tests/test_training_dataset.py has more)
+    assert parse_name("UAB-001-V1-rf.jpg") == ("UAB-001", "V1", "RF")
+    with pytest.raises(DatasetError, match="gives no patient and limb"):
         parse_name("UAB001_LH.jpg")
 
 

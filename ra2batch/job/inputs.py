@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -25,11 +26,15 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from ra2batch.catalogue import ID_COLUMN, LIMBS
+from ra2batch.imaging.readers import DICOM_SUFFIXES, SUPPORTED_SUFFIXES
 from ra2batch.storage import Location, is_remote, resolve
 
-RADIOGRAPH_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm", ".dicom")
+#: The files that are radiographs: those the readers decode (scoring, nightly and training alike).
+RADIOGRAPH_SUFFIXES = SUPPORTED_SUFFIXES
 LISTING_COLUMNS = ("path", ID_COLUMN, "visit", "limb", "size_bytes", "mtime", "problem")
-_NAMING = "expected {Patient_ID}-{LH|RH|LF|RF} or {Patient_ID}-{visit}-{limb}, or pass --manifest"
+#: The one naming convention of radiographs (scoring, nightly, training), as messages state it.
+NAMING = "{Patient_ID}-{LH|RH|LF|RF} or {Patient_ID}-{visit}-{limb}"
+_NAMING = f"expected {NAMING}, or pass --manifest"
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,7 @@ _STEM = r"^(?:(?P<pid_visit>.*)-(?P<visit>[^-]*)|(?P<pid>[^-]*))-(?P<limb>[^-]*)
 #: a stem with a part that is a limb code (``P1-LH-2``) is a misnamed file, not one of these.
 _BARE_STEM = r"^(?:(?P<pid_visit>.*)-(?P<visit>[^-]*)|(?P<pid>[^-]*))$"
 _LIMB_PART = "(?i)(^|-)(" + "|".join(LIMBS) + ")(-|$)"
-_DICOM_NAME = r"(?i)\.(dcm|dicom)$"
+_DICOM_NAME = "(?i)(" + "|".join(re.escape(s) for s in DICOM_SUFFIXES) + ")$"
 
 
 def _patient_visit(parts: pa.StructArray) -> tuple[pa.Array, pa.Array]:

@@ -37,9 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--joint-epochs", type=int, default=None, help="maximum epochs of the joint models")
     p.add_argument("--max-train-minutes", type=float, default=None,
                    help="wall-clock budget for all eight models, shared out like the preset's budgets")
-    p.add_argument("--joint-boxes", choices=("annotated", "detected"), default=None,
-                   help="cut joint-model training crops from the annotated boxes or from the trained "
-                        "detectors' boxes (as the scoring job sees them)")
+    p.add_argument("--joint-boxes", choices=("auto", "annotated", "detected"), default=None,
+                   help="where joint-model training crops get their boxes: auto, the annotations where a "
+                        "radiograph has some and the trained detectors' boxes (as the scoring job finds them) "
+                        "elsewhere; annotated, the annotations only (radiographs without are left out); "
+                        "detected, the detectors' on every radiograph (default: the preset's, annotated, "
+                        "which becomes auto when some radiographs have no annotation)")
     p.add_argument("--seed", type=int, default=None, help="seed of the patient split and initialisation")
     p.add_argument("--stop-after-epochs", type=int, default=None,
                    help="pause: end each model's session after this many epochs (rerun to continue)")
@@ -78,7 +81,7 @@ def configure(args: argparse.Namespace) -> TrainPreset:
         joint["epochs"] = args.joint_epochs
     if args.max_train_minutes is not None:
         det["max_minutes"], joint["group_minutes"] = _budgets(preset, args.max_train_minutes)
-    if args.joint_boxes is not None:
+    if args.joint_boxes in ("annotated", "detected"):  # auto is no preset setting: train(joint_boxes=...)
         joint["boxes"] = args.joint_boxes
     changes = {"seed": args.seed, "detector_training": det, "joint_training": joint}
     return merged(preset, {k: v for k, v in changes.items() if v not in (None, {})})
@@ -136,7 +139,7 @@ def main(args: argparse.Namespace) -> int:
                       log=lambda m: print(m, flush=True))
     try:
         metrics = train(args.input, args.output, preset, run, storage_options=args.storage_options,
-                        command=shlex.join(sys.argv), pretrained=pretrained)
+                        command=shlex.join(sys.argv), pretrained=pretrained, joint_boxes=args.joint_boxes)
     except (DatasetError, ScoringError, PretrainedError) as e:
         return error("train", e, USAGE)
     except TrainingError as e:

@@ -5,9 +5,12 @@
   ``image`` float16 ``[h, w]`` in [0, 1], ``boxes`` float32 ``[n, 4]`` in those pixels, ``labels``
   int64 ``[n]`` (class index + 1), ``name`` str.
 - :func:`crop_dataset` -- one row per (radiograph, box, joint group): the crop exactly as the scoring
-  job cuts it (``ra2batch.models.crops.joint_crops``, right limbs mirrored): ``group`` str, ``crop``
-  float16 ``[S, S]``, ``targets`` float32 ``[n_outputs]`` (the RA2 labels of the group's columns),
-  ``damaged`` bool (any target > 0), ``patient``, ``limb``, ``crop_class`` str.
+  job cuts it (decoded by the job's decode stage, ``job.decode.decode_files``, at most
+  ``SCORING_MAX_SIDE`` a side; ``ra2batch.models.crops.joint_crops``, right limbs mirrored): ``group``
+  str, ``crop`` float16 ``[S, S]``, ``targets`` float32 ``[n_outputs]`` (the RA2 labels of the
+  group's columns, of the radiograph's patient visit), ``damaged`` bool (any target > 0),
+  ``patient``, ``limb``, ``crop_class`` str, ``name`` (the file's) and ``boxes``, where the box came
+  from: ``annotated`` or ``detected`` (the scoring job's own ``job.predictors.Detector``).
 
 Both are materialised by the caller before training, so every epoch reads small arrays from the
 object store.
@@ -27,9 +30,19 @@ import torch.nn.functional as F
 
 from .. import catalogue
 from ..imaging.readers import decode
+from ..inference import listing
+from ..job.decode import decode_files
+from ..job.predictors import Detector
+from ..job.tables import unpack_pixels
 from ..models.crops import joint_crops
 from ..models.plan import ModelPlan
 from .dataset import DatasetIndex, ImageRecord
+
+#: Where joint-model training crops get their boxes (``--joint-boxes``): ``annotated``, the annotations
+#: (radiographs without one are left out); ``detected``, the trained detectors' boxes on every
+#: radiograph, as the scoring job finds them; ``auto``, the annotations of each radiograph that has
+#: some and the detectors' boxes on the others (``annotated`` when every radiograph has annotations).
+JOINT_BOXES = ("auto", "annotated", "detected")
 
 
 def detector_scale(height: int, width: int, min_size: int, max_size: int) -> float:
@@ -88,46 +101,81 @@ def detector_dataset(index: DatasetIndex, records: list[ImageRecord], min_size: 
         records=by_name, min_size=min_size, max_size=max_size), compute=_pool())
 
 
-class _CropRows:
-    """Decode once, cut every crop the plan needs from the annotated or detected boxes."""
+def box_sources(records: list[ImageRecord], mode: str) -> dict[str, str | None]:
+    """Where each radiograph's joint crops get their boxes under ``mode`` (:data:`JOINT_BOXES`):
+    ``{name: "annotated" | "detected" | None}``, None for one left out (``annotated`` without boxes)."""
+    if mode not in JOINT_BOXES:
+        raise ValueError(f"joint boxes {mode!r}: expected one of {', '.join(JOINT_BOXES)}")
+    if mode == "detected":
+        return {r.name: "detected" for r in records}
+    fallback = "detected" if mode == "auto" else None
+    return {r.name: "annotated" if r.boxes else fallback for r in records}
 
-    def __init__(self, records: dict[str, ImageRecord], labels: dict[str, dict[str, float]], plan: ModelPlan,
-                 margin: float, bundle_ref: Any = None):
-        self.records, self.labels, self.plan, self.margin = records, labels, plan, margin
-        self.bundle = ray.get(bundle_ref) if bundle_ref is not None else None
-        if self.bundle is not None:
+
+class _CropRows:
+    """Decode one radiograph as the scoring job does, cut every crop the plan needs from its annotated
+    boxes (scaled to the decoded pixels) or from the boxes the job's ``Detector`` finds in it."""
+
+    def __init__(self, fs: Any, records: dict[str, tuple[ImageRecord, str]], targets: dict[str, dict[str, float]],
+                 plan: ModelPlan, margin: float, bundle_ref: Any = None):
+        self.fs, self.records, self.targets, self.plan, self.margin = fs, records, targets, plan, margin
+        self.detector = None
+        if bundle_ref is not None:
             torch.set_num_threads(max(1, math.floor(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
+            self.detector = Detector(ray.get(bundle_ref))
 
     def __call__(self, row: dict[str, Any]) -> list[dict[str, Any]]:
-        name = _name(row["path"])
-        rec = self.records[name]
-        image = decode(row["bytes"], name).pixels
-        if self.bundle is None:
-            boxes = {b.label: b.box for b in rec.boxes}
+        uri = row["path"]
+        rec, source = self.records[uri]
+        decoded = decode_files(listing([(uri, rec.patient, rec.visit, rec.limb)]), fs=self.fs)
+        meta = decoded.drop_columns(["pixels"]).to_pylist()[0]
+        if meta["status"] != "ok":
+            raise ValueError(f"{uri}: {meta['error']}")
+        if source == "annotated":
+            image = unpack_pixels(decoded.column("pixels")[0].as_buffer(), meta["decoded_height"],
+                                  meta["decoded_width"])
+            per_pixel = meta["decoded_width"] / meta["width"]  # annotations are in the file's pixels
+            boxes = {b.label: tuple(v * per_pixel for v in b.box) for b in rec.boxes}
+            cut = [(c.group, c.crop_class, c.crop)
+                   for c in joint_crops(image, boxes, rec.limb, self.plan, margin=self.margin)]
         else:
-            boxes = self.bundle.detect([image], rec.kind)[0]
-        truth = self.labels[rec.patient]
+            found = self.detector(decoded).to_pylist()  # type: ignore[misc]
+            cut = [(c["group"], c["crop_class"],
+                    np.frombuffer(c["crop"], dtype=np.float32).reshape(self.plan.group(c["group"]).crop_shape))
+                   for c in found if c["record"] == "crop"]
+        truth = self.targets[uri]
         out = []
-        for jc in joint_crops(image, boxes, rec.limb, self.plan, margin=self.margin):
-            cols = self.plan.group(jc.group).columns(rec.limb, jc.crop_class)
+        for group, crop_class, crop in cut:
+            cols = self.plan.group(group).columns(rec.limb, crop_class)
             targets = np.array([truth[c] for c in cols], dtype=np.float32)
-            out.append({"group": jc.group, "crop": jc.crop.astype(np.float16), "targets": targets,
+            out.append({"group": group, "crop": crop.astype(np.float16), "targets": targets,
                         "damaged": bool((targets > 0).any()), "patient": rec.patient, "limb": rec.limb,
-                        "crop_class": jc.crop_class})
+                        "crop_class": crop_class, "name": rec.name, "boxes": source})
         return out
 
 
 def crop_dataset(index: DatasetIndex, records: list[ImageRecord], plan: ModelPlan, margin: float,
-                 bundle: Any = None) -> ray.data.Dataset:
-    """Crop rows for every group of ``plan``; boxes from the annotations, or from ``bundle.detect``
-    when a (trained) ``bundle`` is given, the way the scoring job will see them."""
-    if bundle is None:
-        bare = [r.name for r in records if not r.boxes]
-        if bare:
-            raise ValueError(f"{len(bare)} radiograph(s) have no annotation, e.g. {bare[0]}; "
-                             "train joint models on detected boxes instead")
-    labels = {p: {c: float(index.labels.at[p, c]) for c in catalogue.COLUMNS} for p in {r.patient for r in records}}
-    kwargs = dict(records={r.name: r for r in records}, labels=labels, plan=plan, margin=margin,
-                  bundle_ref=ray.put(bundle) if bundle is not None else None)
-    return _read(index, records).flat_map(_CropRows, fn_constructor_kwargs=kwargs,
-                                          compute=_pool())
+                 bundle: Any = None, boxes: str | None = None) -> ray.data.Dataset:
+    """Crop rows for every group of ``plan`` from ``records``' radiographs, their boxes as ``boxes``
+    says (:data:`JOINT_BOXES`; default ``detected`` with a ``bundle``, else ``annotated``). Boxes are
+    detected by the scoring job's ``Detector`` with the (trained) ``bundle``, every radiograph kept
+    (its limb threshold not applied: it is calibrated after training). Every record must get boxes
+    (see :func:`box_sources`); the caller leaves out the others."""
+    mode = boxes or ("detected" if bundle is not None else "annotated")
+    sources = box_sources(records, mode)
+    bare = [name for name, source in sources.items() if source is None]
+    if bare:
+        raise ValueError(f"{len(bare)} radiograph(s) have no annotation, e.g. {bare[0]}; "
+                         "train joint models on detected (or auto) boxes instead")
+    detect = "detected" in sources.values()
+    if detect and bundle is None:
+        raise ValueError(f"joint boxes {mode!r} need a bundle with trained detectors")
+    if detect:
+        bundle = bundle.with_limb_min_confidence({kind: 0.0 for kind in bundle.detectors})
+    uris = {index.location.uri_of("images", r.name): r for r in records}
+    kwargs = dict(fs=index.location.fs, records={u: (r, sources[r.name]) for u, r in uris.items()},
+                  targets={u: index.targets(r) for u, r in uris.items()}, plan=plan, margin=margin,
+                  bundle_ref=ray.put(bundle) if detect else None)
+    # one radiograph per block keeps decoding and detection parallel
+    return ray.data.from_items([{"path": u} for u in uris], override_num_blocks=max(1, len(uris))).flat_map(
+        _CropRows, fn_constructor_kwargs=kwargs, compute=_pool())

@@ -5,8 +5,9 @@ radiographs that show no hand or foot, crops, joint models with flip test-time a
 clipped to each joint's range) and patients are assembled and filled by the job's rules, so SC1-3
 here are what ``ra2batch evaluate`` reports on the job's predictions.csv for the same images. They
 are scored with the challenge scorer against the seeded random baseline; the detectors' AP at IoU
-0.6 is measured on the boxes the crops were cut from, against the annotations. Runs in-process (no
-Ray): it is meant for held-out sets of tens of patients.
+0.6 is measured on the boxes the crops were cut from, against the annotations. With visits, each
+patient visit is one patient of the challenge scorer, as ``ra2batch evaluate`` scores them. Runs
+in-process (no Ray): it is meant for held-out sets of tens of patients.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from .. import catalogue
 from ..inference import Scored, assemble, filled_values, listing, score_files
 from ..job.config import JobConfig
 from ..scorer import random_baseline, score
-from .dataset import DatasetIndex, index_dataset
+from .dataset import VISIT, DatasetIndex, index_dataset, scorer_table
 from .metrics import average_precision, summarise
 
 
 def score_dataset(bundle: Any, index: DatasetIndex, patients: list[str], config: JobConfig | None = None) -> Scored:
     """``patients``' radiographs of the dataset, scored and assembled as the scoring job does it."""
-    files = listing((index.location.uri_of("images", r.name), r.patient, None, r.limb) for r in index.select(patients))
+    files = listing((index.location.uri_of("images", r.name), r.patient, r.visit, r.limb)
+                    for r in index.select(patients))
     return assemble(score_files(bundle, files, index.location.fs, config))
 
 
@@ -80,13 +82,19 @@ def evaluate_bundle(bundle: Any, data: str | DatasetIndex, *, patients: list[str
     scored = score_dataset(bundle, index, patients, config)
     metrics = detector_metrics(scored, index, patients)
     pred = scored.predictions(medians if medians is not None else bundle.label_medians)
-    pred = pred.set_index(catalogue.ID_COLUMN).reindex(patients).rename_axis(catalogue.ID_COLUMN).reset_index()
-    truth = index.labels.loc[patients].reset_index(drop=True)
+    # one row per patient visit (a patient without visits: one row), keyed as the scorer takes them
+    truth = scorer_table(index.sample_labels(patients))
+    pred = scorer_table(pred) if VISIT in pred.columns else pred
+    units = truth[catalogue.ID_COLUMN].tolist()
+    pred = pred.set_index(catalogue.ID_COLUMN).reindex(units).rename_axis(catalogue.ID_COLUMN).reset_index()
     ours = score(pred[list(catalogue.TEMPLATE_ORDER)], truth).as_dict()
     reference = baseline_labels if baseline_labels is not None else truth
-    base = score(random_baseline(reference.reset_index(drop=True), patients, seed=seed), truth).as_dict()
+    reference = scorer_table(reference) if VISIT in reference.columns else reference.reset_index(drop=True)
+    base = score(random_baseline(reference, units, seed=seed), truth).as_dict()
     metrics.update(ours)
     metrics.update({f"baseline_{k}": v for k, v in base.items()})
     metrics.update({f"ratio_{k}": ours[k] / base[k] if base[k] else float("nan") for k in ours})
     metrics.update(n_patients=len(patients), filled_values=filled_values(scored.patients))
+    if index.has_visits:
+        metrics["n_patient_visits"] = len(units)
     return metrics

@@ -5,6 +5,12 @@ Each model is its own Ray Train ``TorchTrainer`` run named ``{name}-detector-{ki
 again (same name and storage path) continues every model from its last checkpoint; finished models
 are not retrained. Data goes through Ray Data: radiographs are decoded once into materialised
 datasets that the workers stream with ``get_dataset_shard``.
+
+Annotations may be partial, as they were for the paper: the detectors train on the annotated
+radiographs only, the joint models on every labelled one, with crops from the annotations where there
+are some and from the trained detectors' boxes elsewhere (``auto``, :func:`joint_boxes_mode`). The
+log and the bundle's provenance (``images``) say how many radiographs of each limb kind each model
+saw, and where their boxes came from.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from ..storage import is_remote, resolve
 from . import detectors as detector_worker
 from . import joints as joint_worker
 from . import quality
-from .data import crop_dataset, detector_dataset
+from .data import box_sources, crop_dataset, detector_dataset
 from .dataset import DatasetError, DatasetIndex, index_dataset, split_patients
 from .evaluation import calibrated_limb_thresholds, evaluate_bundle
 from .presets import TrainPreset
@@ -108,6 +114,18 @@ def _history(state: Any, monitor: str) -> dict[str, Any]:
             f"best_{monitor}": best.get(monitor), "history": state.history}
 
 
+def detector_images(index: DatasetIndex, train_p: list[str], val_p: list[str]) -> dict[str, dict[str, int]]:
+    """Radiographs each detector trains and validates on (the annotated ones of its limb kind) and
+    those it does not see (no annotation): ``{kind: {"train": n, "val": n, "unannotated": n}}``."""
+    out: dict[str, dict[str, int]] = {}
+    for kind in ("hand", "foot"):
+        records = [r for r in index.images if r.kind == kind]
+        out[kind] = {"train": sum(1 for r in index.select(train_p) if r.kind == kind and r.boxes),
+                     "val": sum(1 for r in index.select(val_p) if r.kind == kind and r.boxes),
+                     "unannotated": sum(1 for r in records if not r.boxes)}
+    return out
+
+
 def train_detectors(bundle: ModelBundle, index: DatasetIndex, train_p: list[str], val_p: list[str],
                     preset: TrainPreset, run: RunSettings) -> dict[str, Any]:
     summary: dict[str, Any] = {}
@@ -117,7 +135,9 @@ def train_detectors(bundle: ModelBundle, index: DatasetIndex, train_p: list[str]
         if not train or not val:
             raise DatasetError(f"{kind} detector: need annotated {kind} radiographs in both splits "
                                f"(training {len(train)}, validation {len(val)})")
-        run.log(f"detector-{kind}: decoding {len(train)} training and {len(val)} validation radiographs")
+        bare = sum(1 for r in index.images if r.kind == kind and not r.boxes)
+        unused = f" (the annotated ones; {bare} {kind} radiograph(s) without annotations are not used)" if bare else ""
+        run.log(f"detector-{kind}: decoding {len(train)} training and {len(val)} validation radiographs{unused}")
         datasets = {"train": detector_dataset(index, train, arch.min_size, arch.max_size).materialize(),
                     "val": detector_dataset(index, val, arch.min_size, arch.max_size).materialize()}
         config = {"kind": kind, "detector": arch.model_dump(mode="json"),
@@ -130,14 +150,67 @@ def train_detectors(bundle: ModelBundle, index: DatasetIndex, train_p: list[str]
     return summary
 
 
+def joint_boxes_mode(requested: str | None, preset_boxes: str, index: DatasetIndex) -> tuple[str, str]:
+    """Where the joint models' crops get their boxes (``data.JOINT_BOXES``), and why: ``requested``
+    (``--joint-boxes``) when given; else the preset's ``joint_training.boxes``, except that its default,
+    ``annotated``, becomes ``auto`` when some labelled radiographs have no annotation (partial
+    annotations: annotated boxes where there are some, the trained detectors' elsewhere)."""
+    if requested is not None:
+        return requested, "--joint-boxes"
+    bare = sum(1 for r in index.images if not r.boxes)
+    if preset_boxes == "annotated" and bare:
+        return "auto", f"annotations are partial: {bare} of {len(index.images)} radiographs have none"
+    return preset_boxes, "the preset's joint_training.boxes"
+
+
+def _box_counts(records: list, sources: dict[str, str | None], crops: ray.data.Dataset) -> dict[str, dict[str, int]]:
+    """Radiographs per limb kind whose crops came from ``annotated`` or ``detected`` boxes, those
+    ``left_out`` (no annotation, with ``annotated`` boxes) and those that gave ``no_crops`` (the detector
+    found no box in them)."""
+    cut = set(crops.select_columns(["name"]).unique("name")) if crops.count() else set()
+    out: dict[str, dict[str, int]] = {}
+    for kind in ("hand", "foot"):
+        mine = [r for r in records if r.kind == kind]
+        counts = {"annotated": 0, "detected": 0, "left_out": 0, "no_crops": 0}
+        for r in mine:
+            source = sources[r.name]
+            counts[source or "left_out"] += 1
+            if source and r.name not in cut:
+                counts["no_crops"] += 1
+        out[kind] = counts
+    return out
+
+
+def _box_line(split: str, counts: dict[str, dict[str, int]]) -> str:
+    parts = []
+    for kind, c in counts.items():
+        part = f"{c['annotated']} {kind} radiographs from annotations, {c['detected']} from the {kind} detector's boxes"
+        if c["no_crops"]:
+            part += f" ({c['no_crops']} of them gave no crop)"
+        if c["left_out"]:
+            part += f", {c['left_out']} without annotations left out"
+        parts.append(part)
+    return f"joint models, {split} crops: " + "; ".join(parts)
+
+
 def train_joint_models(bundle: ModelBundle, index: DatasetIndex, train_p: list[str], val_p: list[str],
-                       preset: TrainPreset, run: RunSettings) -> dict[str, Any]:
+                       preset: TrainPreset, run: RunSettings, joint_boxes: str | None = None
+                       ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train every joint model; returns the training summaries and the radiographs the crops came
+    from (``{"boxes": mode, "why": ..., "train": counts, "val": counts}``, counts of :func:`_box_counts`)."""
     cfg = preset.joint_training
-    source = bundle if cfg.boxes == "detected" else None
+    mode, why = joint_boxes_mode(joint_boxes, cfg.boxes, index)
     margin = bundle.preprocessing.crop_margin
-    run.log(f"joint models: cutting crops from {cfg.boxes} boxes")
-    crops = {"train": crop_dataset(index, index.select(train_p), bundle.plan, margin, source).materialize(),
-             "val": crop_dataset(index, index.select(val_p), bundle.plan, margin, source).materialize()}
+    run.log(f"joint models: cutting crops from {mode} boxes ({why})")
+    crops: dict[str, ray.data.Dataset] = {}
+    used: dict[str, Any] = {"boxes": mode, "why": why}
+    for split, patients in (("train", train_p), ("val", val_p)):
+        records = index.select(patients)
+        sources = box_sources(records, mode)
+        kept = [r for r in records if sources[r.name]]
+        crops[split] = crop_dataset(index, kept, bundle.plan, margin, bundle, boxes=mode).materialize()
+        used[split] = _box_counts(records, sources, crops[split])
+        run.log(_box_line(split, used[split]))
     summary: dict[str, Any] = {}
     for group in bundle.plan.groups:
         datasets = {split: ds.filter(expr=col("group") == group.name).materialize() for split, ds in crops.items()}
@@ -155,14 +228,16 @@ def train_joint_models(bundle: ModelBundle, index: DatasetIndex, train_p: list[s
         best, state = fit_model(joint_worker.train_loop_per_worker, f"joint-{group.name}", config, datasets, run)
         bundle.joint_models[group.name].load_state_dict(best)
         summary[f"joint-{group.name}"] = _history(state, "val_rmse")
-    return summary
+    return summary, used
 
 
 def train(data: str, out: str, preset: TrainPreset, run: RunSettings, *,
           storage_options: dict[str, Any] | None = None, command: str | None = None,
-          pretrained: Mapping[str, str] | None = None) -> dict[str, Any]:
+          pretrained: Mapping[str, str] | None = None, joint_boxes: str | None = None) -> dict[str, Any]:
     """Train every model of ``preset`` on the RA2-layout dataset ``data`` and save the bundle to ``out``;
-    ``pretrained`` maps a model (``hand``, ``foot``, a group name) to the file of its starting weights.
+    ``pretrained`` maps a model (``hand``, ``foot``, a group name) to the file of its starting weights;
+    ``joint_boxes`` (``auto``, ``annotated``, ``detected``: ``--joint-boxes``) overrides where the joint
+    models' crops get their boxes (default: :func:`joint_boxes_mode`).
 
     Returns the bundle's metrics (also written to its bundle.json): the held-out evaluation
     (SC1-3, baseline, ratios, detector mAP at IoU 0.6), its quality check (``quality.check``) and each
@@ -180,9 +255,13 @@ def train(data: str, out: str, preset: TrainPreset, run: RunSettings, *,
     train_p, val_p = split_patients(index.patients(), preset.val_fraction, preset.seed)
     run.log(f"{len(index.images)} radiographs of {len(train_p) + len(val_p)} patients: "
             f"{len(train_p)} for training, {len(val_p)} held out")
+    if index.has_visits:
+        run.log(f"{len({r.sample for r in index.images})} patient visits: each is a sample; patients are split, "
+                "so a patient's visits are all on one side")
     summary = train_detectors(bundle, index, train_p, val_p, preset, run)
-    summary.update(train_joint_models(bundle, index, train_p, val_p, preset, run))
-    train_labels = index.labels.loc[train_p]
+    joint_summary, joint_images = train_joint_models(bundle, index, train_p, val_p, preset, run, joint_boxes)
+    summary.update(joint_summary)
+    train_labels = index.sample_labels(train_p)  # one row per training patient visit
     medians = {c: float(train_labels[c].median()) for c in catalogue.COLUMNS}
     run.log(f"evaluating on the {len(val_p)} held-out patients")
     held_out = evaluate_bundle(bundle, index, patients=val_p, baseline_labels=train_labels, medians=medians)
@@ -195,7 +274,8 @@ def train(data: str, out: str, preset: TrainPreset, run: RunSettings, *,
     provenance = {"training_data": data_fingerprint(index), "command": command, "data": data,
                   "preset": preset.model_dump(mode="json"), "run_name": run.name,
                   "held_out_patients": val_p, "num_workers": run.num_workers, "use_gpu": run.use_gpu,
-                  "pretrained": bundle.manifest.provenance.pretrained}
+                  "pretrained": bundle.manifest.provenance.pretrained,
+                  "images": {"detectors": detector_images(index, train_p, val_p), "joint_models": joint_images}}
     if preset.weights_dtype == "float16":
         for module in [*bundle.detectors.values(), *bundle.joint_models.values()]:
             module.half()
