@@ -107,7 +107,7 @@ def _one_visit(df: pd.DataFrame, visit: str, what: str) -> pd.DataFrame:
     return rows.drop(columns=[VISIT])
 
 
-def _by_visit(df: pd.DataFrame) -> pd.DataFrame:
+def by_visit(df: pd.DataFrame) -> pd.DataFrame:
     """``df`` keyed for the scorer by patient visit: ``Patient_ID`` becomes ``ID (visit V)``
     (the ID alone for a row without a visit)."""
     import pandas as pd
@@ -132,7 +132,7 @@ def match_visits(pred: pd.DataFrame, truth: pd.DataFrame, visit: str | None = No
         truth = _one_visit(truth, visit, "truth") if has["truth"] else truth
         return pred, truth, visit
     if all(has.values()):
-        return _by_visit(pred), _by_visit(truth), "each"
+        return by_visit(pred), by_visit(truth), "each"
     if any(has.values()):
         side, other = ("predictions have", "truth has") if has["predictions"] else ("truth has", "predictions have")
         shown = _visits(pred if has["predictions"] else truth)

@@ -198,9 +198,9 @@ def read_labels(loc: Location) -> pd.DataFrame:
 
 def _by_sample(df: pd.DataFrame) -> pd.DataFrame:
     """Label rows keyed for the challenge scorer by patient visit, as ``ra2batch evaluate`` keys them."""
-    from ..evaluate import _by_visit
+    from ..evaluate import by_visit
 
-    return _by_visit(df) if VISIT in df.columns else df
+    return by_visit(df) if VISIT in df.columns else df
 
 
 def scorer_table(df: pd.DataFrame) -> pd.DataFrame:
