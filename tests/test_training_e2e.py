@@ -1,6 +1,7 @@
 """`ra2batch train` end to end, as on a cluster: an s3:// dataset with half its radiographs annotated and
 visits, s3:// checkpoints, a run paused and resumed, a preset file and pretrained weights, and the
-bundle it writes to s3:// scored by `ra2batch score`.
+bundle it writes to s3:// scored by `ra2batch score`, whose `ra2batch evaluate` figures equal the
+held-out figures in the bundle's bundle.json.
 
 Tiny models at a detector size of 128 px, 6 patients, one or two epochs: this checks the plumbing,
 not accuracy (tests/test_training_demo_bundle.py checks accuracy).
@@ -9,6 +10,7 @@ not accuracy (tests/test_training_demo_bundle.py checks accuracy).
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pandas as pd
@@ -17,11 +19,13 @@ import ray
 import yaml
 from safetensors.torch import save_file
 
-from ra2batch import cli
+from ra2batch import catalogue, cli
 from ra2batch.cliutil import FLAGGED
 from ra2batch.models import PLAN, JointHeadConfig, JointModel, load_bundle
 from ra2batch.output import open_output
 from ra2batch.synth import generate_cohort
+from ra2batch.training import quality
+from ra2batch.training.evaluation import LIMB_CALIBRATION
 
 pytestmark = pytest.mark.cluster
 
@@ -138,3 +142,21 @@ def test_ra2batch_train_on_s3_with_partial_annotations_pauses_resumes_and_scores
     visit = "V1" if held_out[0] in with_visit else None
     assert [None if pd.isna(v) else v for v in images_table["visit"]] == [visit] * 4
     assert (images_table["status"] != "error").all()
+
+    # the held-out figures in bundle.json are the job's: `ra2batch evaluate` on the scored output says the same
+    held = manifest.metrics["held_out"]
+    for key in ("sc1", "sc2", "sc3", "baseline_sc1", "ratio_sc3", "hand_mAP", "foot_mAP", "hand_AP_wrist"):
+        assert isinstance(held[key], float) and not math.isnan(held[key]), key
+    assert manifest.metrics["quality"] == quality.check(held)
+    assert set(bundle.label_medians) == set(catalogue.COLUMNS)
+    for kind, detector in manifest.architecture.detectors.items():  # calibrated on the held-out radiographs
+        assert detector.limb_min_confidence == round(LIMB_CALIBRATION * held["limb_confidence"][kind]["min"], 3)
+    labels = pd.read_csv(tmp_path / "cohort" / "training.csv", dtype=str, keep_default_na=False)
+    labels[labels["Patient_ID"].isin(held_out)].to_csv(tmp_path / "truth.csv", index=False)
+    assert cli.main(["evaluate", "--predictions", out, "--truth", str(tmp_path / "truth.csv"), "--json",
+                     "--storage-options", json.dumps(s3_bucket.options)]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["n_patients"] == 1
+    for key in ("sc1", "sc2", "sc3"):
+        # equal but for float rounding: batch mates change a convolution's summation order (~1e-8)
+        assert evaluated[key] == pytest.approx(held[key], rel=1e-6), key
