@@ -145,10 +145,12 @@ def required_flags(help_text: str) -> set[str]:
 
 def test_every_file_parses_into_the_expected_objects():
     kinds = {f: [d["kind"] for d in yaml.safe_load_all((KUBERAY / f).read_text())]
-             for f in ("raycluster.yaml", "rayjob-score.yaml", "raycronjob-nightly.yaml", "cronjob-nightly.yaml")}
+             for f in ("raycluster.yaml", "rayjob-score.yaml", "rayjob-train.yaml", "raycronjob-nightly.yaml",
+                       "cronjob-nightly.yaml")}
     assert kinds == {
         "raycluster.yaml": ["RayCluster"],
         "rayjob-score.yaml": ["RayJob"],
+        "rayjob-train.yaml": ["RayJob"],
         "raycronjob-nightly.yaml": ["RayCronJob"],
         "cronjob-nightly.yaml": ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "CronJob"],
     }
@@ -171,7 +173,7 @@ def test_cluster_has_a_cpu_head_and_an_autoscaling_gpu_worker_group():
 
 def test_every_job_cluster_is_the_raycluster_spec():
     (_, base), *others = ray_cluster_specs()
-    assert len(others) == 3  # rayjob-score, raycronjob-nightly, the CronJob's RayJob template
+    assert len(others) == 4  # rayjob-score, rayjob-train, raycronjob-nightly, the CronJob's RayJob template
     for where, spec in others:
         assert spec == base, f"{where}: the job's cluster differs from raycluster.yaml"
 

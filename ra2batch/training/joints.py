@@ -4,7 +4,8 @@ Rows come from ``data.crop_dataset`` filtered to one group. Each epoch keeps eve
 and a fresh random draw of zero-damage crops (``keep_zero`` of them, so both are about equally
 many; all of them without ``balance_zeros``), mirrors a random half left-right, shifts and zooms each
 crop a little (``max_shift``, ``max_zoom``), and minimises the MSE of the raw SvH scores. Validation
-RMSE is over every output of every validation crop of all ranks.
+RMSE is over every output of every validation crop of all ranks. On a GPU with bf16 the forward passes
+run under bf16 autocast (``loop.mixed_precision``; the loss in fp32); the detectors train in fp32.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ..models.joint_model import JointHeadConfig, JointModel
 from ..models.plan import JointGroup
 from ..models.preprocessing import Preprocessing
 from .augment import augment_crops, jitter_crops
-from .loop import gather, run_epochs, start_from
+from .loop import gather, mixed_precision, run_epochs, start_from
 from .presets import JointTraining
 from .state import Plateau
 
@@ -92,8 +93,9 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches:
         x = augment_crops(torch.from_numpy(crops[keep]), flip=cfg.flip, generator=generator)
         x = jitter_crops(x, max_shift=cfg.max_shift, max_zoom=cfg.max_zoom, generator=generator).to(device)
         y = torch.from_numpy(targets[keep]).to(device)
-        scores, _ = model(x)
-        loss = F.mse_loss(scores, y)
+        with mixed_precision(device):
+            scores, _ = model(x)
+        loss = F.mse_loss(scores.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -110,7 +112,8 @@ def evaluate(model: nn.Module, batches: Iterable[dict[str, Any]], device: torch.
     model.eval()
     sq, ab, sq_log, n = 0.0, 0.0, 0.0, 0
     for batch in batches:
-        scores, _ = model(torch.from_numpy(_stack(batch["crop"])).to(device))
+        with mixed_precision(device):
+            scores, _ = model(torch.from_numpy(_stack(batch["crop"])).to(device))
         pred = scores.float().cpu().numpy()
         gold = _stack(batch["targets"])
         d = pred - gold
