@@ -26,8 +26,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "describe": ("describe", "the data dictionary: every output table's fields with type, description, unit, range"),
     "report": ("report.cli", "static HTML review site with attention overlays"),
 }
-EPILOG = ("exit codes: 0 done; 2 a usage or input error (nothing was done); 1 a failure while running. "
-          "Results go to stdout, progress and errors to stderr.")
+EPILOG = ("exit codes: 0 done; 2 a usage or input error (nothing was done); 1 a failure while running; "
+          "3 (train) a bundle was written but failed its quality check. Results go to stdout, progress and "
+          "errors to stderr.")
 
 
 def build_parser() -> argparse.ArgumentParser:
