@@ -78,6 +78,15 @@ def test_an_interrupted_run_resumes_at_the_saved_epoch(cohort, local_ray, tmp_pa
     assert [h["epoch"] for h in second.history] == [1.0, 2.0]
     assert second.history[0] == first.history[0]  # epoch 1 was restored, not trained again
     assert best and second.best_epoch in (1, 2)
+    # run again finished: its checkpoint is read back and no trainer starts
+    logged: list[str] = []
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(pipeline, "TorchTrainer", None)  # a trainer started now would fail
+        done = pipeline.RunSettings(name="resume", storage_path=str(tmp_path), log=logged.append)
+        best3, third = pipeline.fit_model(joints.train_loop_per_worker, f"joint-{group}", _joint_config(group, 2),
+                                          datasets, done)
+    assert third == second and best3.keys() == best.keys()
+    assert logged == [f"[joint-{group}] finished earlier (epoch 2, epochs): not trained again"]
 
 
 def test_two_workers_train_with_ddp_on_a_local_cluster(cohort, local_ray, tmp_path):

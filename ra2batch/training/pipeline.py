@@ -21,18 +21,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+import pyarrow.fs as pafs
 import ray
 import ray.data
 import ray.train
 from ray.data.expressions import col
-from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from safetensors.torch import save as save_safetensors
 
 from .. import catalogue
 from ..models.bundle import ModelBundle, build_bundle
 from ..models.pretrained import describe
-from ..storage import is_remote, resolve
+from ..storage import Location, is_remote, resolve
 from . import detectors as detector_worker
 from . import joints as joint_worker
 from . import quality
@@ -67,10 +68,29 @@ def _cpus_per_worker(run: RunSettings) -> float:
     return max(1.0, math.floor(ray.cluster_resources().get("CPU", 1) / run.num_workers))
 
 
+def _finished(loc: Location, name: str, epochs: int) -> tuple[dict, Any] | None:
+    """Best weights and state of run ``name`` when its saved checkpoint already ended it for good at
+    ``epochs`` (early stop, or that many epochs done): a resumed command does not start a trainer
+    (half a minute on 2 cores) only for it to stop at once. ``None`` when it still has to train."""
+    infos = loc.fs.get_file_info(pafs.FileSelector(loc.join(name), allow_not_found=True))
+    saved = sorted(i.path for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_"))
+    if not saved:
+        return None
+    with Checkpoint(saved[-1], filesystem=loc.fs).as_directory() as d:
+        state = read_state(d)
+        if state.stopped == "early_stop" or (state.stopped == "epochs" and state.epoch >= epochs):
+            return read_best(d), state
+    return None
+
+
 def fit_model(loop: Callable[[dict], None], stage: str, config: dict[str, Any],
               datasets: dict[str, ray.data.Dataset], run: RunSettings) -> tuple[dict, Any]:
     """Run (or resume) one model's TorchTrainer; returns its best weights and final TrainState."""
     loc = resolve(run.storage_path, run.storage_options)
+    done = _finished(loc, f"{run.name}-{stage}", int(config["training"]["epochs"]))
+    if done is not None:
+        run.log(f"[{stage}] finished earlier (epoch {done[1].epoch}, {done[1].stopped}): not trained again")
+        return done
     cpus = _cpus_per_worker(run)
     resources = {"CPU": cpus, **({"GPU": 1} if run.use_gpu else {})}
     trainer = TorchTrainer(
