@@ -189,24 +189,19 @@ def read_labels(loc: Location) -> pd.DataFrame:
     df[VISIT] = [None if pd.isna(v) or not str(v).strip() else str(v).strip() for v in df[VISIT]]
     try:
         # a patient visit is one row, as `ra2batch evaluate` keys them ("ID (visit V)")
-        check_table(_by_sample(df), "training.csv")
+        check_table(scorer_table(df), "training.csv")
     except ScoringError as e:
         raise DatasetError(str(e)) from e
     df[list(COLUMNS)] = df[list(COLUMNS)].astype(float)
     return df.set_index(ID_COLUMN, drop=False)
 
 
-def _by_sample(df: pd.DataFrame) -> pd.DataFrame:
-    """Label rows keyed for the challenge scorer by patient visit, as ``ra2batch evaluate`` keys them."""
+def scorer_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Label (or prediction) rows as the challenge scorer takes them: with a ``visit`` column, one row per
+    patient visit, ``Patient_ID`` ``ID (visit V)`` where there is a visit (``ra2batch evaluate``'s key)."""
     from ..evaluate import by_visit
 
-    return by_visit(df) if VISIT in df.columns else df
-
-
-def scorer_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Label (or prediction) rows with a ``visit`` column as the challenge scorer takes them: one row per
-    patient visit, ``Patient_ID`` ``ID (visit V)`` where there is a visit (``ra2batch evaluate``'s key)."""
-    return _by_sample(df).reset_index(drop=True)
+    return (by_visit(df) if VISIT in df.columns else df).reset_index(drop=True)
 
 
 def _listed(loc: Location, folder: str, keep) -> list[str]:

@@ -21,7 +21,7 @@ from .. import catalogue
 from ..inference import Scored, assemble, filled_values, listing, score_files
 from ..job.config import JobConfig
 from ..scorer import random_baseline, score
-from .dataset import VISIT, DatasetIndex, index_dataset, scorer_table
+from .dataset import DatasetIndex, index_dataset, scorer_table
 from .metrics import average_precision, summarise
 
 
@@ -84,12 +84,12 @@ def evaluate_bundle(bundle: Any, data: str | DatasetIndex, *, patients: list[str
     pred = scored.predictions(medians if medians is not None else bundle.label_medians)
     # one row per patient visit (a patient without visits: one row), keyed as the scorer takes them
     truth = scorer_table(index.sample_labels(patients))
-    pred = scorer_table(pred) if VISIT in pred.columns else pred
+    pred = scorer_table(pred)
     units = truth[catalogue.ID_COLUMN].tolist()
     pred = pred.set_index(catalogue.ID_COLUMN).reindex(units).rename_axis(catalogue.ID_COLUMN).reset_index()
     ours = score(pred[list(catalogue.TEMPLATE_ORDER)], truth).as_dict()
     reference = baseline_labels if baseline_labels is not None else truth
-    reference = scorer_table(reference) if VISIT in reference.columns else reference.reset_index(drop=True)
+    reference = scorer_table(reference)
     base = score(random_baseline(reference, units, seed=seed), truth).as_dict()
     metrics.update(ours)
     metrics.update({f"baseline_{k}": v for k, v in base.items()})
