@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_scoring.py"
 
 
@@ -83,8 +85,6 @@ def test_reduce_benchmark_reports_the_contract(tmp_path):
     from ra2batch.job.pipeline import DEMO_BUNDLE
 
     if not (DEMO_BUNDLE / "bundle.json").is_file():
-        import pytest
-
         pytest.skip("needs the demo bundle (the template is the demo archive scored by it)")
     figures, report = tmp_path / "reduce.json", tmp_path / "REDUCE.md"
     done = subprocess.run(
@@ -105,3 +105,57 @@ def test_reduce_benchmark_reports_the_contract(tmp_path):
     assert set(result["targets"]) == {"driver_peak_16n_over_n", "driver_peak_gib", "throughput_16n_over_n",
                                       "nightly_files_rewritten_fraction", "nightly_over_16n_wall"}
     assert "## Machine" in report.read_text() and "bench_reduce.py" in report.read_text()
+
+
+def test_job_start_up_is_timed_from_the_model_stage_not_the_last_dataset(tmp_path):
+    """The job plans its reduce datasets after the model stage: the models' start-up is read from the
+    plan that runs a model class (it was read from the last plan, which put it after the whole job)."""
+    sys.path.insert(0, str(BENCH.parent))
+    from workloads import _ray_data_stats
+
+    def plan(ts, ops):
+        return f"{ts}\tINFO streaming_executor.py:216 -- Execution plan of Dataset d: InputDataBuffer[Input] -> {ops}"
+
+    def first(ts, op):
+        return f"{ts}\tDEBUG map_operator.py:1 -- Executing map task of operator {op} with task index 0"
+
+    def done(op, udf):
+        return (f"Operator ActorPoolMapOperator[{op}] completed. Operator Metrics:\n"
+                f"{{'function_body_time_s': {udf}, 'num_tasks_finished': 3}}")
+
+    log = tmp_path / "session_1" / "logs" / "ray-data" / "ray-data.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("\n".join([
+        plan("2026-12-02 10:00:00,000", "ActorPoolMapOperator[MapBatches(_Passthrough)]"),
+        first("2026-12-02 10:00:01,000", "MapBatches(_Passthrough)"),
+        plan("2026-12-02 10:00:10,000", "ActorPoolMapOperator[MapBatches(DecodeDetectAndScore)]"),
+        first("2026-12-02 10:00:16,500", "MapBatches(DecodeDetectAndScore)"),
+        done("MapBatches(DecodeDetectAndScore)", 40.0),
+        plan("2026-12-02 10:01:00,000", "AllToAllOperator[Sort] -> TaskPoolMapOperator[MapBatches(reduce_bucket)]"),
+        first("2026-12-02 10:01:00,400", "MapBatches(reduce_bucket)"),
+        done("MapBatches(reduce_bucket)", 0.2),
+    ]) + "\n")
+    stats, started = _ray_data_stats(tmp_path)
+    model = stats["MapBatches(DecodeDetectAndScore)"]
+    assert model["first_task_after_s"] == pytest.approx(6.5) and model["udf_s"] == 40.0 and model["tasks"] == 3
+    assert stats["MapBatches(reduce_bucket)"]["first_task_after_s"] == pytest.approx(50.4)
+    assert "MapBatches(_Passthrough)" not in stats
+    assert started == _stamp_of("2026-12-02 10:00:10,000")
+
+
+def _stamp_of(text: str) -> float:
+    import datetime as dt
+
+    return dt.datetime.strptime(text, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def test_scaling_benchmark_models_where_the_job_reaches_the_target():
+    """Wall = start-up F + N / rate: with F = 7 s at both sizes, 10 radiographs/s on one CPU and 20
+    on two, 1.8x needs (1.8 * 7 - 7) / (1/10 - 1.8/20) = 560 radiographs; at 17/s never."""
+    sys.path.insert(0, str(BENCH.parent))
+    from bench_scaling import _break_even
+
+    one = {"models_up_s": 7.0, "steady_radiographs_per_second": 10.0}
+    assert _break_even(one, {"models_up_s": 7.0, "steady_radiographs_per_second": 20.0}) == 560
+    assert _break_even(one, {"models_up_s": 7.0, "steady_radiographs_per_second": 17.0}) is None
+    assert _break_even(one, {"models_up_s": None, "steady_radiographs_per_second": 20.0}) is None
