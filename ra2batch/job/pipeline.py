@@ -33,19 +33,20 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import itertools
 import json
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import ray
-from ray.data.block import BlockAccessor
+from ray.data.block import BlockAccessor, BlockMetadataWithSchema
 from ray.data.context import ShuffleStrategy
 
 from ra2batch.catalogue import COLUMNS, ID_COLUMN
@@ -210,11 +211,16 @@ def build_dataset(files: pd.DataFrame, fs: Any, models: str, model_options: dict
     )
 
 
+#: The model stage's output, not yet run: the job's own actors' dataset, or a warm pool's tables as they finish.
+Stream = ray.data.Dataset | Iterator[ray.ObjectRef]
+
+
 def _score(files: pd.DataFrame, fs: Any, models: str, model_options: dict[str, Any] | None, cfg: JobConfig,
-           pool: Pool | None) -> ray.data.Dataset:
-    """The ``REDUCE`` rows of the scored ``files``, on the warm ``pool`` or on the job's own actors."""
+           pool: Pool | None) -> Stream:
+    """The ``REDUCE`` rows of the scored ``files``, on the warm ``pool`` or on the job's own actors
+    (run as the reduce stage reads them)."""
     if pool is not None:
-        return ray.data.from_arrow_refs(list(score_on_pool(files, fs, cfg, pool, cfg.scoring_options())))
+        return score_on_pool(files, fs, cfg, pool, cfg.scoring_options())
     return build_dataset(files, fs, models, model_options, cfg)
 
 
@@ -241,57 +247,78 @@ class Totals:
         return self.counts.get(key, 0)
 
 
-@ray.remote(num_cpus=0)
-def _concat(bounds: list[tuple[int, int] | None], *blocks: Any) -> pa.Table:
-    """One Arrow table of ``blocks``, each cut to its ``(start, end)`` rows where it has bounds.
-    Reserves no CPU: it copies a few MiB, and it runs while the model actors still hold every CPU."""
+@ray.remote(num_cpus=0, num_returns=2)
+def _concat(bounds: list[tuple[int, int] | None], *blocks: Any) -> tuple[pa.Table, BlockMetadataWithSchema]:
+    """One Arrow table of ``blocks``, each cut to its ``(start, end)`` rows where it has bounds, and
+    its block metadata. Reserves no CPU: it copies a few MiB, while the model actors hold every CPU."""
     tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
     tables = [t if b is None else t.slice(b[0], b[1] - b[0]) for t, b in zip(tables, bounds)]
-    return pa.concat_tables(tables, promote_options="default")
+    table = pa.concat_tables(tables, promote_options="default")
+    return table, BlockMetadataWithSchema.from_block(table)
 
 
-def _coalesced(rows: ray.data.Dataset) -> ray.data.Dataset:
-    """``rows`` (executed: the model stage runs here) with its small blocks concatenated, up to
-    ``COALESCE_BLOCKS`` blocks or ``COALESCE_BYTES`` a block.
+def _pieces(stream: Stream) -> Iterator[tuple[ray.ObjectRef, tuple[int, int] | None, int]]:
+    """``(block, (start, end) rows or None, bytes)`` of ``stream``'s blocks as they finish (the model
+    stage runs here); a pool's tables have no known size (0)."""
+    if not isinstance(stream, ray.data.Dataset):
+        yield from ((ref, None, 0) for ref in stream)
+        return
+    for bundle in stream.iter_internal_ref_bundles():
+        for entry, piece in zip(bundle.blocks, bundle.slices):
+            yield (entry.ref, None if piece is None else (piece.start_offset, piece.end_offset),
+                   entry.metadata.size_bytes or 0)
+
+
+def _known_blocks(refs: list[ray.ObjectRef], metadata: list[BlockMetadataWithSchema]) -> ray.data.Dataset:
+    """A dataset of Arrow blocks whose metadata is known: what ``ray.data.from_arrow_refs`` builds,
+    without the metadata task it runs per block (each waits for a whole CPU, so for the model actors
+    to end, and for a worker process to start: 2-3 s of every job on 2 cores). Ray Data 2.60's own
+    construction of that dataset."""
+    from ray.data._internal.logical.interfaces import LogicalPlan
+    from ray.data._internal.logical.operators.from_operators import FromArrow
+    from ray.data._internal.stats import DatasetStats
+    from ray.data.dataset import MaterializedDataset
+
+    context = ray.data.DataContext.get_current().copy()
+    return MaterializedDataset(LogicalPlan(FromArrow(refs, metadata), context), context,
+                               DatasetStats(metadata={"FromArrow": metadata}, parent=None))
+
+
+def _coalesced(pieces: Iterable[tuple[ray.ObjectRef, tuple[int, int] | None, int]]) -> ray.data.Dataset:
+    """The model stage's blocks (``_pieces``) concatenated, up to ``COALESCE_BLOCKS`` blocks or
+    ``COALESCE_BYTES`` a block.
 
     The model stage emits a block per call of about ``files_per_decode_task`` files, and Ray Data's
     shuffle runs a task per input block, at about 0.15 s each on 2 busy cores: 100 blocks cost 17-20
     s of an 800-radiograph job, three times what the models left. Each group is concatenated as soon
-    as it is full, while the models work on (its worker process starts then, not after them). The
-    driver holds references only.
+    as it is full, while the models work on. The driver holds references and block metadata only.
     """
-    refs: list[ray.ObjectRef] = []
+    concatenated: list[tuple[ray.ObjectRef, ray.ObjectRef]] = []  # (table, its metadata)
     group: list[tuple[ray.ObjectRef, tuple[int, int] | None]] = []
     size = 0
-
-    def flush() -> None:
-        if len(group) == 1 and group[0][1] is None:
-            refs.append(group[0][0])
-        elif group:
-            refs.append(_concat.remote([b for _, b in group], *[r for r, _ in group]))
-        group.clear()
-
-    for bundle in rows.iter_internal_ref_bundles():
-        for entry, piece in zip(bundle.blocks, bundle.slices):
-            n = entry.metadata.size_bytes or 0
-            if group and (len(group) >= COALESCE_BLOCKS or size + n > COALESCE_BYTES):
-                flush()
-                size = 0
-            group.append((entry.ref, None if piece is None else (piece.start_offset, piece.end_offset)))
-            size += n
-    flush()
-    return ray.data.from_arrow_refs(refs or [ray.put(REDUCE.empty_table())])
+    for ref, rows, n in pieces:
+        if group and (len(group) >= COALESCE_BLOCKS or size + n > COALESCE_BYTES):
+            concatenated.append(_concat.remote([b for _, b in group], *[r for r, _ in group]))
+            group, size = [], 0
+        group.append((ref, rows))
+        size += n
+    if group:
+        concatenated.append(_concat.remote([b for _, b in group], *[r for r, _ in group]))
+    if not concatenated:
+        empty = REDUCE.empty_table()
+        return _known_blocks([ray.put(empty)], [BlockMetadataWithSchema.from_block(empty)])
+    return _known_blocks([table for table, _ in concatenated], ray.get([meta for _, meta in concatenated]))
 
 
-def reduce_and_write(stream: ray.data.Dataset | None, plan: RunPlan, reduce: ReducePlan) -> Totals:
+def reduce_and_write(stream: Stream | None, plan: RunPlan, reduce: ReducePlan) -> Totals:
     """The reduce stage: ``stream`` (``REDUCE`` rows) and the plan's removed files, grouped by bucket
     on the cluster, each bucket assembled and written by a task (``job.reduce``)."""
-    # the removed files' rows are few and here: a dataset of them without a metadata task
-    parts = [d for d in (stream, ray.data.from_blocks([plan.removed]) if plan.removed.num_rows else None) if d is not None]
     totals = Totals()
-    if not parts:
+    if stream is None and not plan.removed.num_rows:
         return totals
-    rows = _coalesced(parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0])
+    # the removed files' rows are few and here: one more block
+    removed = [(ray.put(plan.removed), None, plan.removed.nbytes)] if plan.removed.num_rows else []
+    rows = _coalesced(itertools.chain(_pieces(stream) if stream is not None else (), removed))
     if plan.partitions == 1:
         # a nightly run of a few files: Ray Data's task-based sort shuffle starts no aggregator process
         # (1-2 s on 2 cores); larger reduces keep its default hash shuffle, whose driver memory does not
@@ -366,7 +393,7 @@ def _crop_geometry(bundle: ModelBundle) -> str:
                                 "mirrored": "right limbs, onto the left"} for g in bundle.plan.groups})
 
 
-def write_run(run: RunLease, plan: RunPlan, stream: ray.data.Dataset | None, model_version: str,
+def write_run(run: RunLease, plan: RunPlan, stream: Stream | None, model_version: str,
               medians: dict[str, float], expected: dict[str, int], **manifest: Any) -> tuple[dict[str, Any], Totals]:
     """The writing half of a run on the output ``run`` holds: the reduce stage over ``stream`` (``REDUCE``
     rows of the plan's files), one commit per table (on the ``expected`` versions), predictions.csv
