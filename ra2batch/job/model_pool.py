@@ -210,6 +210,15 @@ def _even_parts(records: list[Any], step: int, multiple: int) -> list[list[Any]]
     return [records[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
+def block_slices(dataset: ray.data.Dataset) -> Iterator[tuple[ray.ObjectRef, tuple[int, int] | None, int]]:
+    """``(block, its (start, end) rows or None for all, bytes)`` of ``dataset``'s output blocks as they
+    finish (the dataset runs here); the driver holds references only."""
+    for bundle in dataset.iter_internal_ref_bundles():
+        for entry, piece in zip(bundle.blocks, bundle.slices):
+            yield (entry.ref, None if piece is None else (piece.start_offset, piece.end_offset),
+                   entry.metadata.size_bytes or 0)
+
+
 def score_on_pool(files: pd.DataFrame, fs: Any, cfg: JobConfig, pool: Pool,
                   options: dict[str, Any]) -> Iterator[ray.ObjectRef]:
     """References to the pool's ``STREAM`` tables for the listed ``files`` (``cfg`` resolved), as they
@@ -249,10 +258,8 @@ def score_on_pool(files: pd.DataFrame, fs: Any, cfg: JobConfig, pool: Pool,
     for part in own:
         yield from submit(lambda actor, part=part: actor.score_files.remote(part, fs, options))
     rest = files.iloc[sum(map(len, own)):]
-    for bundle in decode_dataset(rest, fs, cfg).iter_internal_ref_bundles() if len(rest) else ():
-        for entry, piece in zip(bundle.blocks, bundle.slices):
-            rows = None if piece is None else (piece.start_offset, piece.end_offset)
-            yield from submit(lambda actor, ref=entry.ref, rows=rows: actor.score_block.remote(ref, rows, options))
+    for ref, rows, _ in block_slices(decode_dataset(rest, fs, cfg)) if len(rest) else ():
+        yield from submit(lambda actor, ref=ref, rows=rows: actor.score_block.remote(ref, rows, options))
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         yield from collect(done)

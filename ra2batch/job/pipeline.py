@@ -55,7 +55,8 @@ from ra2batch.job.assemble import prediction_columns
 from ra2batch.job.config import JobConfig
 from ra2batch.job.decode import decode_dataset, listing_dataset
 from ra2batch.job.inputs import list_inputs
-from ra2batch.job.model_pool import JOB_CPUS, Pool, PoolError, running_pools, score_on_pool, unreserved
+from ra2batch.job.model_pool import (JOB_CPUS, Pool, PoolError, block_slices, running_pools, score_on_pool,
+                                     unreserved)
 from ra2batch.job.plan import RunPlan, full_plan, merge_plan
 from ra2batch.job.predictors import DecodeDetectAndScore, DetectAndScore, Detector, JointScorer, ModelSource
 from ra2batch.job.reduce import SAMPLE, ReducePlan, reduce_bucket
@@ -260,13 +261,9 @@ def _concat(bounds: list[tuple[int, int] | None], *blocks: Any) -> tuple[pa.Tabl
 def _pieces(stream: Stream) -> Iterator[tuple[ray.ObjectRef, tuple[int, int] | None, int]]:
     """``(block, (start, end) rows or None, bytes)`` of ``stream``'s blocks as they finish (the model
     stage runs here); a pool's tables have no known size (0)."""
-    if not isinstance(stream, ray.data.Dataset):
-        yield from ((ref, None, 0) for ref in stream)
-        return
-    for bundle in stream.iter_internal_ref_bundles():
-        for entry, piece in zip(bundle.blocks, bundle.slices):
-            yield (entry.ref, None if piece is None else (piece.start_offset, piece.end_offset),
-                   entry.metadata.size_bytes or 0)
+    if isinstance(stream, ray.data.Dataset):
+        return block_slices(stream)
+    return ((ref, None, 0) for ref in stream)
 
 
 def _known_blocks(refs: list[ray.ObjectRef], metadata: list[BlockMetadataWithSchema]) -> ray.data.Dataset:
@@ -284,6 +281,22 @@ def _known_blocks(refs: list[ray.ObjectRef], metadata: list[BlockMetadataWithSch
                                DatasetStats(metadata={"FromArrow": metadata}, parent=None))
 
 
+def _groups(pieces: Iterable[tuple[ray.ObjectRef, tuple[int, int] | None, int]]
+            ) -> Iterator[list[tuple[ray.ObjectRef, tuple[int, int] | None]]]:
+    """``(block, rows)`` of ``pieces`` in groups of at most ``COALESCE_BLOCKS`` blocks and
+    ``COALESCE_BYTES``, each yielded as soon as it is full."""
+    group: list[tuple[ray.ObjectRef, tuple[int, int] | None]] = []
+    size = 0
+    for ref, rows, n in pieces:
+        if group and (len(group) >= COALESCE_BLOCKS or size + n > COALESCE_BYTES):
+            yield group
+            group, size = [], 0
+        group.append((ref, rows))
+        size += n
+    if group:
+        yield group
+
+
 def _coalesced(pieces: Iterable[tuple[ray.ObjectRef, tuple[int, int] | None, int]]) -> ray.data.Dataset:
     """The model stage's blocks (``_pieces``) concatenated, up to ``COALESCE_BLOCKS`` blocks or
     ``COALESCE_BYTES`` a block.
@@ -293,17 +306,8 @@ def _coalesced(pieces: Iterable[tuple[ray.ObjectRef, tuple[int, int] | None, int
     s of an 800-radiograph job, three times what the models left. Each group is concatenated as soon
     as it is full, while the models work on. The driver holds references and block metadata only.
     """
-    concatenated: list[tuple[ray.ObjectRef, ray.ObjectRef]] = []  # (table, its metadata)
-    group: list[tuple[ray.ObjectRef, tuple[int, int] | None]] = []
-    size = 0
-    for ref, rows, n in pieces:
-        if group and (len(group) >= COALESCE_BLOCKS or size + n > COALESCE_BYTES):
-            concatenated.append(_concat.remote([b for _, b in group], *[r for r, _ in group]))
-            group, size = [], 0
-        group.append((ref, rows))
-        size += n
-    if group:
-        concatenated.append(_concat.remote([b for _, b in group], *[r for r, _ in group]))
+    # (table, its metadata) per group, each submitted as soon as its group is full
+    concatenated = [_concat.remote([b for _, b in g], *[r for r, _ in g]) for g in _groups(pieces)]
     if not concatenated:
         empty = REDUCE.empty_table()
         return _known_blocks([ray.put(empty)], [BlockMetadataWithSchema.from_block(empty)])
