@@ -124,10 +124,10 @@ def _child(mode: str, normal: str, large: str) -> dict[str, Any]:
         from ra2batch.job.inputs import list_inputs
         from ra2batch.job.pipeline import DEMO_BUNDLE
         from ra2batch.job.plan import full_plan
-        from ra2batch.job.predictors import DecodeDetectAndScore
+        from ra2batch.job.predictors import DecodeDetectAndScore, DetectAndScore
         from ra2batch.models import load_bundle
 
-        stage = DecodeDetectAndScore(pafs.LocalFileSystem(), load_bundle(str(DEMO_BUNDLE)), tta=True)
+        stage = DecodeDetectAndScore(pafs.LocalFileSystem(), DetectAndScore(load_bundle(str(DEMO_BUNDLE)), tta=True))
 
         def run(path: str) -> dict[str, Any]:
             rows = stage(full_plan(list_inputs(path).files, 1).files).select(["record", "status", "error"]).to_pylist()

@@ -8,7 +8,7 @@ job's own model actors (``bench_scoring.py``'s ``job`` workload: each run a fres
 cluster's start-up excluded, the figure from the run of median wall time). Each run is held to
 ``--cpus`` cores of the machine (CPU affinity, inherited by Ray's processes), memory sampled only
 every 5 s, so that the daemons, the driver and the sampler share the cores the run is given. Reports radiographs/s
-(whole job) and, for the job's own actors, the seconds before their first task (worker start, torch
+(whole job) and, for the job's own actors, the seconds until they had loaded the models (worker start, torch
 import, model load: a fixed cost that more CPUs do not shorten) and the rate after it; each size's
 rate over the smallest's; and, from those two, the archive size from which the job's own actors
 reach the target (Amdahl: a fixed start-up F and a rate r per size give a wall of F + N / r).
@@ -97,12 +97,12 @@ def main(argv: list[str] | None = None) -> int:
                 run = median_run(tries)
                 runs[pool][cpus] = {k: run[k] for k in ("wall_s", "radiographs_per_second", "startup_s", "models_up_s",
                                                         "model_actors", "config", "repeats", "joints")}
-                # (a warm pool's model work is not a Ray Data operator: no first model task to time from)
+                # (a warm pool's models were loaded before the job started)
                 runs[pool][cpus]["steady_radiographs_per_second"] = steady_throughput(run) if pool == "job" else None
                 up = run["models_up_s"] if pool == "job" else None
                 print(f"{POOLS[pool]:>17}, {cpus} CPU(s): {run['radiographs_per_second']:.2f} radiographs/s "
                       f"({len(files)} in {run['wall_s']:.1f} s; walls {[round(t['wall_s'], 1) for t in run['repeats']]})"
-                      + (f"; first model task after {up:.1f} s" if up is not None else ""), flush=True)
+                      + (f"; models loaded after {up:.1f} s" if up is not None else ""), flush=True)
     base = min(args.cpus)
     scaling = {}
     for pool, by_cpus in runs.items():

@@ -171,7 +171,7 @@ def targets(runs: dict[str, dict[str, Any]], variant: str) -> dict[str, dict[str
 
 
 def steady_throughput(run: dict[str, Any]) -> float | None:
-    """Radiographs per second once the model actors are up (their first task onwards): the job's rate
+    """Radiographs per second once the model actors are up (their models loaded): the job's rate
     without its fixed start-up, which says whether the cost per radiograph grows with the archive."""
     up = run.get("models_up_s")
     return run["radiographs"] / (run["wall_s"] - up) if up is not None and run["wall_s"] > up else None
@@ -219,7 +219,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     checked = {name: targets(runs, name) for name, _ in variants}
     job = runs[f"job_{variants[0][0]}"]
     if len({runs[k]["joints"] for k in ("naive", "bound", *(f"job_{v}" for v, _ in variants))}) > 1:
-        print(f"warning: the runs scored different numbers of joints ("
+        print("warning: the runs scored different numbers of joints ("
               + ", ".join(f"{k} {r['joints']}" for k, r in runs.items() if not k.endswith("_4n"))
               + "): they did not do the same work", file=sys.stderr)
     return {

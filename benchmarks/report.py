@@ -83,9 +83,9 @@ def _startup(result: dict[str, Any], variant: str) -> str:
         return text + f"; of which the pool's start: N {job['pool_s']:.1f} s, 4N {job4['pool_s']:.1f} s"
     n, n4 = (result["steady_throughput"].get(k) for k in (f"job_{variant}", f"job_{variant}_4n"))
     if not n or not n4:
-        return text + "; job start-up (until the first model task): not found in Ray Data's log"
-    return text + (f"; job start-up inside the wall time (driver, Ray Data, model actors importing torch and loading "
-                   f"their models, until the first model task): N {job['models_up_s']:.1f} s, "
+        return text + "; job start-up (until the model actors had loaded their models): not measured"
+    return text + (f"; job start-up inside the wall time (driver, listing, model actors importing torch and loading "
+                   f"their models): N {job['models_up_s']:.1f} s, "
                    f"4N {job4['models_up_s']:.1f} s; radiographs/s from then on: N {n:.2f}, 4N {n4:.2f} "
                    f"(4N / N {n4 / n:.3f})")
 
@@ -113,9 +113,9 @@ def _notes(result: dict[str, Any]) -> list[str]:
     ]
     for key in (k for k in runs if k.startswith("job")):
         ops = runs[key].get("operators", {})
-        notes.append(f"{key} Ray Data operators (UDF seconds summed over tasks; delay to first task): " + "; ".join(
-            f"{op} {s.get('udf_s', 0):.1f} s, first after {s.get('first_task_after_s', float('nan')):.1f} s"
-            for op, s in ops.items()) if ops else f"{key} Ray Data operators: not found in Ray Data's log")
+        notes.append(f"{key} Ray Data operators (UDF seconds summed over tasks; first task, seconds into the "
+                     "job): " + "; ".join(f"{op} {s.get('udf_s', 0):.1f} s, first at {s.get('first_task_s', float('nan')):.1f} s"
+                                          for op, s in ops.items()) if ops else f"{key} Ray Data operators: not found in Ray Data's log")
         top = list(runs[key].get("peak_memory_by_process", {}).items())[:6]
         notes.append(f"{key} peak memory by process: " + ", ".join(f"{n} {b / GIB:.2f} GiB" for n, b in top))
     if result.get("profiled"):

@@ -174,13 +174,14 @@ def run_job(spec: Spec) -> dict[str, Any]:
         resources = ray.cluster_resources()
         resolved = config.resolved(resources, files=summary.files).model_dump()
         ray.shutdown()
-        operators, plan_at = _ray_data_stats(scratch / "ray")
+        operators = _ray_data_stats(scratch / "ray", start)
     finally:
         ray.shutdown()
         shutil.rmtree(scratch, ignore_errors=True)
-    model_ops = [s["first_task_after_s"] for op, s in operators.items()
-                 if "first_task_after_s" in s and _MODEL_OP.fullmatch(op)]
-    models_up_s = plan_at + min(model_ops) - start if model_ops and plan_at else None
+    # the job's own fused actors report when they had loaded the models; separate Ray Data model pools
+    # (the GPU layout) are read from Ray Data's log: their first task
+    model_ops = [s["first_task_s"] for op, s in operators.items() if "first_task_s" in s and _MODEL_OP.fullmatch(op)]
+    models_up_s = summary.models_up_s if summary.models_up_s is not None else min(model_ops, default=None)
     return {"wall_s": end - start, "phase": [start, end], "startup_s": startup_s, "pool_s": pool_s,
             "model_pool": config.model_pool, "model_actors": summary.model_actors, "operators": operators,
             "models_up_s": models_up_s,
@@ -220,8 +221,8 @@ def _first_dataset() -> None:
 _OP_DONE = re.compile(r"Operator \w+\[(?P<op>[^\]]*\))\] completed\. Operator Metrics:\n(?P<metrics>\{.*\})")
 _FIRST_TASK = re.compile(r"^(?P<ts>\S+ \S+)\s.*Executing map task of operator (?P<op>.+) with task index 0$", re.M)
 _PLAN = re.compile(r"^(?P<ts>\S+ \S+)\s.*Execution plan of Dataset", re.M)
-#: the model stage's operators (``job.predictors``' classes), whichever layout the job chose
-_MODEL_OP = re.compile(r"MapBatches\((DecodeDetectAndScore|DetectAndScore|Detector|JointScorer)\)")
+#: the separate model pools' operators (``job.predictors``' classes), the layout the job runs on Ray Data
+_MODEL_OP = re.compile(r"MapBatches\((Detector|JointScorer)\)")
 _METRICS = {"udf_s": "function_body_time_s", "task_s": "task_completion_time_s", "tasks": "num_tasks_finished",
             "rows_out": "rows_task_outputs_generated"}
 
@@ -230,30 +231,25 @@ def _stamp(text: str) -> float:
     return dt.datetime.strptime(text, "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
-def _ray_data_stats(ray_dir: Path) -> tuple[dict[str, dict[str, float]], float | None]:
-    """Per Ray Data operator of the job's model stage (the last dataset the log plans that runs a model
-    class: the reduce stage's datasets are planned after it), plus every later dataset's operators:
-    UDF and task seconds, tasks, rows out, and ``first_task_after_s``, the delay from the start of the
-    model stage's execution to the operator's first task (worker and actor start-up), read from Ray
-    Data's debug log; and when that execution started (``time.time()`` scale). Best effort: empty and
-    ``None`` if the log's format changes."""
+def _ray_data_stats(ray_dir: Path, since: float) -> dict[str, dict[str, float]]:
+    """Per Ray Data operator of the datasets planned from ``since`` (the job's start, ``time.time()``
+    scale; the cluster's start-up dataset is planned before it): UDF and task seconds, tasks, rows out,
+    and ``first_task_s``, the delay from ``since`` to the operator's first task, read from Ray Data's
+    debug log. Best effort: empty if the log's format changes."""
     logs = sorted(ray_dir.glob("session_*/logs/ray-data/ray-data.log"))
     text = "\n".join(p.read_text(errors="replace") for p in logs)
-    plans = list(_PLAN.finditer(text))
-    ends = [p.start() for p in plans[1:]] + [len(text)]
-    models = [p for p, end in zip(plans, ends) if _MODEL_OP.search(text, p.start(), end)]
-    if not models:
-        return {}, None
-    plan = models[-1]
-    text = text[plan.start():]
+    plans = [p for p in _PLAN.finditer(text) if _stamp(p["ts"]) >= since]
+    if not plans:
+        return {}
+    text = text[plans[0].start():]
     stats: dict[str, dict[str, float]] = {}
     for m in _OP_DONE.finditer(text):
         values = {k: re.search(rf"'{key}': ([0-9.e+-]+)", m["metrics"]) for k, key in _METRICS.items()}
         stats[m["op"]] = {k: float(v[1]) for k, v in values.items() if v}
     for m in _FIRST_TASK.finditer(text):
-        if m["op"] in stats and "first_task_after_s" not in stats[m["op"]]:
-            stats[m["op"]]["first_task_after_s"] = _stamp(m["ts"]) - _stamp(plan["ts"])
-    return stats, _stamp(plan["ts"])
+        if m["op"] in stats and "first_task_s" not in stats[m["op"]]:
+            stats[m["op"]]["first_task_s"] = _stamp(m["ts"]) - since
+    return stats
 
 
 RUNS = {"naive": run_naive, "bound": run_bound, "job": run_job}

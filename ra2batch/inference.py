@@ -1,9 +1,9 @@
 """The one inference path, in-process: listed radiographs -> the scoring job's records -> patients.
 
-The scoring job runs :class:`job.predictors.DecodeDetectAndScore` (or its two stages) in actors on the
-cluster and assembles patients with ``job.assemble`` in its reduce stage. Held-out evaluation (the
-figures a bundle's ``bundle.json`` publishes), detector calibration and the benchmark's serial runs
-call the same classes and rules here, without Ray, so a figure measured on a bundle is a figure of
+The scoring job runs :class:`job.predictors.DecodeDetectAndScore` (or, with GPUs, decode tasks and
+its two stages) in actors on the cluster and assembles patients with ``job.assemble`` in its reduce
+stage. Held-out evaluation (the figures a bundle's ``bundle.json`` publishes), detector calibration
+and the benchmark's serial runs call the same classes and rules here, without Ray, so a figure measured on a bundle is a figure of
 what the job produces: the same decode (at most ``SCORING_MAX_SIDE`` a side), the same rejection of
 radiographs that show no hand or foot, the same flip test-time augmentation, clipping to each
 joint's range, fill rule and file choice per limb.
@@ -24,7 +24,7 @@ from ra2batch.catalogue import COLUMNS, ID_COLUMN
 from ra2batch.job.assemble import assemble_patients, choose_images, predictions
 from ra2batch.job.config import JobConfig
 from ra2batch.job.inputs import LISTING_COLUMNS
-from ra2batch.job.predictors import DecodeDetectAndScore
+from ra2batch.job.predictors import DecodeDetectAndScore, DetectAndScore
 from ra2batch.output.schema import BUCKET
 
 
@@ -41,7 +41,7 @@ def score_files(bundle: Any, files: pd.DataFrame, fs: pafs.FileSystem, config: J
     fused model actors score them, ``config.files_per_decode_task`` files at a time (so memory holds
     one such batch of radiographs, as an actor's does)."""
     config = config or JobConfig()
-    stage = DecodeDetectAndScore(fs, bundle, **config.scoring_options())
+    stage = DecodeDetectAndScore(fs, DetectAndScore(bundle, **config.scoring_options()))
     step = config.files_per_decode_task
     return pa.concat_tables([stage(files.iloc[i:i + step]) for i in range(0, len(files), step)])
 

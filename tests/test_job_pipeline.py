@@ -136,7 +136,7 @@ def assert_same_rows_as_one_process(archive: str, out: str, models: str | None, 
     import ray
 
     from ra2batch.job.inputs import list_inputs
-    from ra2batch.job.pipeline import build_dataset, load_models
+    from ra2batch.job.pipeline import load_models, model_stage
     from ra2batch.job.plan import full_plan
     from ra2batch.job.tables import REDUCE
     from ra2batch.output import open_output
@@ -147,9 +147,10 @@ def assert_same_rows_as_one_process(archive: str, out: str, models: str | None, 
     bundle, uri, options = load_models(models, None)
     plan = full_plan(list_inputs(archive).files, snapshot.buckets)
     cfg = config.resolved(ray.cluster_resources(), files=len(plan.files))
-    stream = build_dataset(plan.files, pafs.LocalFileSystem(), uri, options, cfg).select_columns(REDUCE.names)
-    want = reference_tables(pa.concat_tables(list(stream.iter_batches(batch_format="pyarrow", batch_size=None))),
-                            bundle.label_medians)
+    stream = model_stage(plan.files, pafs.LocalFileSystem(), uri, options, cfg, None, bundle.model_version)
+    tables = (stream.select_columns(REDUCE.names).iter_batches(batch_format="pyarrow", batch_size=None)
+              if isinstance(stream, ray.data.Dataset) else [ray.get(ref).select(REDUCE.names) for ref in stream])
+    want = reference_tables(pa.concat_tables(list(tables)), bundle.label_medians)
     got = read_outputs(resolve(out))
     run = {"model_version", "scored_at", "bucket"}
     for name in ("images", "joints", "patients"):
@@ -374,7 +375,7 @@ def test_model_actor_killed_mid_run_is_replaced_and_outputs_are_complete(ray_loc
 
     def detectors(state: str | None = None) -> dict[str, dict]:
         return {k: a for k, a in ray_state.actors().items()
-                if a["ActorClassName"] == "MapWorker(MapBatches(DecodeDetectAndScore))"
+                if a["ActorClassName"] == "PoolWorker"
                 and a["State"] == (state or a["State"])}
 
     before = set(detectors())  # actors of earlier tests in this session
@@ -453,6 +454,27 @@ def test_model_actors_the_cluster_could_never_start_are_refused(ray_local, tiny_
                       config=JobConfig(actor_cpus=64, model_pool="job"))
 
 
+def test_model_actors_that_cannot_load_the_bundle_raise_one_clear_error(ray_local, tiny_bundle, tmp_path):
+    """The driver checks the bundle (manifest, sizes, hashes); a bundle its model actors cannot read
+    (a driver-local path on a multi-node cluster, say) stops the job with a PoolError (a JobError to
+    the command line) that names the bundle, not a Ray traceback, and leaves no actor behind."""
+    import pyarrow.fs as pafs
+    import ray._private.state as ray_state
+
+    from ra2batch.job import JobConfig
+    from ra2batch.job.inputs import list_inputs
+    from ra2batch.job.model_pool import PoolError, score_on_job_actors
+
+    write_archive(tmp_path / "archive", ["B1"])
+    files = list_inputs(str(tmp_path / "archive")).files
+    cfg = JobConfig().resolved({"CPU": 2.0}, files=len(files))
+    stream = score_on_job_actors(files, pafs.LocalFileSystem(), str(tmp_path / "only-on-the-driver"), None, "v", cfg)
+    with pytest.raises(PoolError, match=f"a model actor failed to load the models from {tmp_path}/only-on-the-driver: ") as raised:
+        next(stream)
+    assert "\n" not in str(raised.value)
+    assert not [a for a in ray_state.actors().values() if a["ActorClassName"] == "PoolWorker" and a["State"] == "ALIVE"]
+
+
 def test_warm_model_pool_scores_what_the_jobs_own_actors_score(ray_local, tiny_bundle, tmp_path, monkeypatch):
     import os
     import signal
@@ -487,7 +509,12 @@ def test_warm_model_pool_scores_what_the_jobs_own_actors_score(ray_local, tiny_b
                                    np.concatenate(list(out["joints"]["attention"])), rtol=1e-4)
 
     cold, cold_out = run("cold", model_pool="job")
-    assert "job actor(s)" in cold.format()
+    assert "job actor(s) (models loaded" in cold.format() and 0 < cold.models_up_s < cold.seconds
+    # the job's own actors end with its model stage: none is left holding a CPU
+    deadline = time.time() + 30
+    while any(a["ActorClassName"] == "PoolWorker" and a["State"] != "DEAD" for a in ray_state.actors().values()):
+        assert time.time() < deadline, "the job's own model actors outlived it"
+        time.sleep(0.2)
     # the job's own fused actors fed by decode tasks instead of decoding their files themselves
     tasks, tasks_out = run("cold-tasks", model_pool="job", decode_in_actors=False)
     assert (tasks.files, tasks.images_error, tasks.joints) == (9, 1, 2 * 86)

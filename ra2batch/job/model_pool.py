@@ -1,18 +1,23 @@
-"""Warm model pools: model actors that outlive jobs, so a standing cluster loads its models once.
+"""Model pools: fused detect-and-score actors (:class:`PoolWorker`) fed blocks of work by the driver.
 
-A job's own model actors (Ray Data actor pools) start with the job and die with it: each pays for
-a torch import and a model load, 4-7 s of every job on a 2-core machine and a fixed cost that
-every nightly rescoring pays again. A pool started once (``ra2batch pool start``) keeps fused
-detect-and-score actors (:class:`~ra2batch.job.predictors.DetectAndScore`) alive as detached,
-named actors in the ``ra2batch`` namespace. A job whose bundle has the pool's ``model_version``
-(a content hash, so the same weights) sends its work to them instead of starting its own actors
-(``JobConfig.model_pool``); the job's pool sizes and GPU shares then do not apply, its batch sizes and
-scoring options do. The pool holds its CPUs and GPUs until it is stopped.
+Two kinds share one dispatcher (:func:`score_on_pool`):
+
+- A **warm pool**, started once (``ra2batch pool start``), keeps its actors alive as detached, named
+  actors in the ``ra2batch`` namespace, so a standing cluster imports torch and loads its models once
+  instead of in every job (4-7 s of each job on a 2-core machine, paid again by every nightly
+  rescoring). A job whose bundle has the pool's ``model_version`` (a content hash, so the same
+  weights) sends its work there (``JobConfig.model_pool``); the job's pool sizes and GPU shares then
+  do not apply, its batch sizes and scoring options do. The pool holds its CPUs and GPUs until stopped.
+- A **job's own pool** (:func:`score_on_job_actors`): the same actors, anonymous, started by one job
+  and killed as its model stage ends (their CPUs go to the reduce stage). Fused actors are not a Ray
+  Data actor pool: Ray Data's streaming executor runs in the driver and, on a small cluster, took
+  CPU from the actors; on 2 cores, 1,200 radiographs went from 13.4 to 18.2 radiographs/s with
+  this dispatcher (``benchmarks/bench_scaling.py``).
 
 On a CPU-only pool the actors also read and decode the files: the same cores would decode them
 anyway, and a job then starts no Ray worker process at all (a new worker costs 0.6-1 s of CPU to
-boot and import Ray Data, on every job, since Ray's workers belong to one job). On a GPU pool,
-decoding stays in Ray Data's CPU tasks, off the GPUs' critical path.
+boot and import Ray Data, on every job, since Ray's workers belong to one job). With GPUs, decoding
+stays in Ray Data's CPU tasks, off the GPUs' critical path.
 
 Pool actors restart when their process dies (``max_restarts=-1``) and their calls are retried
 (``max_task_retries=-1``); every call is a pure function of its block, so a replay changes nothing.
@@ -24,15 +29,15 @@ import functools
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pandas as pd
 import pyarrow as pa
 import ray
 
 from ra2batch.job.config import JobConfig
-from ra2batch.job.decode import decode_dataset, decode_files, even_blocks
-from ra2batch.job.predictors import DetectAndScore, ModelSource
+from ra2batch.job.decode import decode_dataset, even_blocks
+from ra2batch.job.predictors import DecodeDetectAndScore, DetectAndScore, ModelSource
 
 class PoolError(RuntimeError):
     """A pool that cannot serve: an actor gone or not answering; the message says which and what to do."""
@@ -78,8 +83,8 @@ class PoolWorker:
         return self._stage(options)(table)
 
     def score_files(self, records: list[dict[str, Any]], fs: Any, options: dict[str, Any]) -> pa.Table:
-        """Read and decode listed files here (``decode.decode_files``), then score them like a block."""
-        return self._stage(options)(decode_files(pd.DataFrame(records), fs=fs))
+        """Read and decode listed files here, then score them like a block (``predictors.DecodeDetectAndScore``)."""
+        return DecodeDetectAndScore(fs, self._stage(options))(pd.DataFrame(records))
 
 
 @dataclass
@@ -140,9 +145,35 @@ def pool_actor_cpus(cluster_cpus: float, actors: int) -> float:
     return max(0.0, math.floor((cluster_cpus - JOB_CPUS) / actors * 100) / 100)  # hundredths, rounded down
 
 
+def _launch(names: list[str | None], source: ModelSource, version: str, cpus: float, gpus: float,
+            decodes: bool) -> list[Any]:
+    """One :class:`PoolWorker` per entry of ``names``, returned once every one has loaded the models
+    (at most ``START_TIMEOUT_S``): detached and named for a name (a warm pool), anonymous and owned
+    by this driver for ``None`` (a job's own pool). Kills them all and raises :class:`PoolError` if
+    one fails to start."""
+    worker = ray.remote(PoolWorker)
+    placed = [{"name": name, "namespace": NAMESPACE, "lifetime": "detached"} if name else {} for name in names]
+    actors = [worker.options(num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=-1, **where).remote(
+        source, version, cpus, gpus, decodes) for where in placed]
+    try:
+        ray.get([a.describe.remote() for a in actors], timeout=START_TIMEOUT_S)
+    except BaseException as e:
+        for a in actors:
+            ray.kill(a, no_restart=True)
+        n = len(names)
+        if isinstance(e, ray.exceptions.GetTimeoutError):
+            raise PoolError(f"{n} model actor(s) did not start within {START_TIMEOUT_S:g} s: does the cluster have "
+                            f"{n} x {cpus:g} CPU and {gpus:g} GPU free (`ray status`)?") from e
+        if isinstance(e, ray.exceptions.RayActorError):
+            last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            raise PoolError(f"a model actor failed to load the models from {source.models}: {last}") from e
+        raise
+    return actors
+
+
 def start_pool(models: str, storage_options: dict[str, Any] | None, version: str, config: JobConfig,
                progress=print) -> Pool:
-    """Start (or find) the pool for the bundle at ``models``, sized like the job's model actors.
+    """Start (or find) the warm pool for the bundle at ``models``, sized like the job's model actors.
 
     ``config`` is resolved against the cluster: the pool gets ``detector_actors`` fused actors, each
     with ``actor_cpus`` CPUs and the GPU share the job's detector and joint-model actors would hold
@@ -159,34 +190,42 @@ def start_pool(models: str, storage_options: dict[str, Any] | None, version: str
         return existing
     resources = ray.cluster_resources()
     cfg = config.resolved(resources)
-    gpus = (cfg.detector_gpus or 0.0) + (0.0 if cfg.fuse_models else cfg.scorer_gpus or 0.0)
+    gpus = _fused_gpus(cfg)
     if not gpus and config.actor_cpus is None:
         n = cfg.detector_actors or 1
         cfg = cfg.model_copy(update={"actor_cpus": pool_actor_cpus(resources.get("CPU", 1.0), n)})
-    decodes = bool(cfg.decode_in_actors)
     source = ModelSource(models, storage_options, cfg.torch_threads or 1, gpus > 0)
     names = [f"{PREFIX}{version}-{i}" for i in range(cfg.detector_actors or 1)]
-    worker = ray.remote(PoolWorker)
-    actors = [
-        worker.options(name=n, namespace=NAMESPACE, lifetime="detached", num_cpus=cfg.actor_cpus,
-                       num_gpus=gpus, max_restarts=-1, max_task_retries=-1).remote(source, version, cfg.actor_cpus,
-                                                                                  gpus, decodes)
-        for n in names
-    ]
     progress(f"starting {len(names)} model actor(s) for model {version} ({cfg.actor_cpus:g} CPU, {gpus:g} GPU each) ...")
     started = time.perf_counter()
-    try:
-        ray.get([a.describe.remote() for a in actors], timeout=START_TIMEOUT_S)
-    except BaseException as e:
-        for a in actors:
-            ray.kill(a, no_restart=True)
-        if isinstance(e, ray.exceptions.GetTimeoutError):
-            raise PoolError(f"the pool's {len(names)} actor(s) did not start within {START_TIMEOUT_S:g} s: does the "
-                            f"cluster have {len(names)} x {cfg.actor_cpus:g} CPU and {gpus:g} GPU free (`ray status`)?"
-                            ) from e
-        raise
+    _launch(names, source, version, cfg.actor_cpus, gpus, bool(cfg.decode_in_actors))
     progress(f"model pool up in {time.perf_counter() - started:.1f} s: {', '.join(names)}")
     return Pool(version, names)
+
+
+def _fused_gpus(cfg: JobConfig) -> float:
+    """The GPU share of one fused actor (``cfg`` resolved): what the detector and joint-model actors
+    would hold apart."""
+    return (cfg.detector_gpus or 0.0) + (0.0 if cfg.fuse_models else cfg.scorer_gpus or 0.0)
+
+
+def score_on_job_actors(files: pd.DataFrame, fs: Any, models: str, model_options: dict[str, Any] | None,
+                        version: str, cfg: JobConfig, on_ready: Callable[[], None] = lambda: None
+                        ) -> Iterator[ray.ObjectRef]:
+    """:func:`score_on_pool` on the job's own pool: ``cfg.detector_actors`` fused actors of
+    ``cfg.actor_cpus`` CPUs and the fused GPU share each (``cfg`` resolved, ``fuse_models``), started
+    when the stream is first read (``on_ready()`` once they have loaded the models) and killed when
+    it ends or is closed, so that the reduce stage gets their CPUs."""
+    gpus = _fused_gpus(cfg)
+    source = ModelSource(models, model_options, cfg.torch_threads or 1, gpus > 0)
+    actors = _launch([None] * (cfg.detector_actors or 1), source, version, cfg.actor_cpus or 1.0, gpus,
+                     bool(cfg.decode_in_actors))
+    on_ready()
+    try:
+        yield from score_on_pool(files, fs, cfg, actors, bool(cfg.decode_in_actors), cfg.scoring_options())
+    finally:
+        for actor in actors:
+            ray.kill(actor, no_restart=True)
 
 
 def stop_pools(version: str | None = None) -> list[str]:
@@ -219,35 +258,34 @@ def block_slices(dataset: ray.data.Dataset) -> Iterator[tuple[ray.ObjectRef, tup
                    entry.metadata.size_bytes or 0)
 
 
-def score_on_pool(files: pd.DataFrame, fs: Any, cfg: JobConfig, pool: Pool,
+def score_on_pool(files: pd.DataFrame, fs: Any, cfg: JobConfig, actors: list[Any], decodes: bool,
                   options: dict[str, Any]) -> Iterator[ray.ObjectRef]:
-    """References to the pool's ``STREAM`` tables for the listed ``files`` (``cfg`` resolved), as they
+    """References to the ``STREAM`` tables of a pool's ``actors`` (:class:`PoolWorker` handles; they
+    read and decode their files when ``decodes``) for the listed ``files`` (``cfg`` resolved), as they
     finish (in no fixed order); the tables stay in the object store.
 
     Work goes in blocks of about ``cfg.files_per_decode_task`` files, each to the actor with the fewest
-    calls outstanding, at most ``IN_FLIGHT_PER_ACTOR`` per actor. A CPU pool's actors read and decode
-    every block themselves. On a GPU pool each actor decodes only its first block (so that no GPU
+    calls outstanding, at most ``IN_FLIGHT_PER_ACTOR`` per actor. Actors that decode read and decode
+    every block themselves. Otherwise each actor decodes only its first block (so that no GPU
     waits for the job's first decode worker to start) and Ray Data's CPU tasks decode the rest;
     their blocks go from the tasks' output straight to an actor (the driver holds only references),
     and while every actor is busy the stream pauses and Ray Data's backpressure pauses decoding.
     """
-    handles = pool.handles
-    decodes = pool.describe()["decodes"]
-    load = [0] * len(handles)
+    load = [0] * len(actors)
     pending: dict[ray.ObjectRef, int] = {}
     records = files.astype(object).where(files.notna(), None).to_dict("records")
     step = cfg.files_per_decode_task
     if decodes:
-        own = _even_parts(records, step, len(handles))
+        own = _even_parts(records, step, len(actors))
     else:
-        own = [records[i:i + step] for i in range(0, min(len(records), len(handles) * step), step)]
+        own = [records[i:i + step] for i in range(0, min(len(records), len(actors) * step), step)]
 
     def submit(call) -> Iterator[ray.ObjectRef]:
         while min(load) >= IN_FLIGHT_PER_ACTOR:
             done, _ = ray.wait(list(pending), num_returns=1)
             yield from collect(done)
         i = load.index(min(load))
-        pending[call(handles[i])] = i
+        pending[call(actors[i])] = i
         load[i] += 1
 
     def collect(done: list[ray.ObjectRef]) -> Iterator[ray.ObjectRef]:

@@ -1,32 +1,31 @@
-"""The scoring job as one Ray Data pipeline, streaming; the driver only plans, counts and commits.
+"""The scoring job, streaming on a Ray cluster; the driver only plans, dispatches, counts and commits.
 
-    list files (driver) -> plan (driver) -> read + decode (CPU tasks) -> Detector actors (one row per
-      crop) -> JointScorer actors (one row per joint) -> shuffle by bucket -> assemble and write each
-      bucket's data files (tasks) -> driver: one Delta commit per table -> predictions.csv -> manifest
+    list files (driver) -> plan (driver) -> read + decode -> detect, cut crops, score joints (model
+      actors) -> shuffle by bucket -> assemble and write each bucket's data files (tasks) -> driver:
+      one Delta commit per table -> predictions.csv -> manifest
 
-With GPUs, decode and inference are separate stages, so the GPUs never wait on JPEG or DICOM
-decoding. Without GPUs, one pool of fused actors reads, decodes, detects and scores
-(``JobConfig.decode_in_actors``, ``fuse_models``): the same cores would do all of it anyway, and so
-no decode worker process starts and neither pixels nor crops cross the object store. Either way,
-files that fail to decode flow past the models as error rows. Per-patient assembly is a reduce
-stage on the cluster (``job.reduce``): image and joint rows go from the model actors through Ray
-Data's shuffle to the tasks that write them, and the driver receives counts, file actions and a
+Without GPUs, one pool of fused actors reads, decodes, detects and scores (``JobConfig.decode_in_actors``,
+``fuse_models``): the same cores would do all of it anyway, so no decode worker process starts and
+neither pixels nor crops cross the object store. The driver hands them blocks of listed files
+(``model_pool.score_on_pool``): the job's own actors, started for the job, or a cluster's warm
+model pool for the job's bundle (``model_pool.py``), which spares the job the model start-up. With
+GPUs, decoding is a stage of Ray Data CPU tasks, so the GPUs never wait on JPEG or DICOM decoding,
+and detection and joint scoring are separate Ray Data actor pools, each model with its own GPU share.
+Either way, files that fail to decode flow past the models as error rows. Per-patient assembly is a
+reduce stage on the cluster (``job.reduce``): image and joint rows go from the model actors through
+Ray Data's shuffle to the tasks that write them, and the driver receives counts, file actions and a
 bounded sample of messages, so its memory does not grow with the archive.
-
-On a cluster that runs a warm model pool for the job's bundle (``model_pool.py``), the work goes to
-the pool's actors instead (listed files on a CPU pool, which decodes them; decoded blocks on a GPU
-pool), and the job starts no model actors of its own.
 
 Outputs are versioned (``ra2batch.output``): a run takes the output's lease, commits each table, and
 publishes its manifest last, so a run killed at any point leaves the previous run's tables in force
 and a reader never sees tables of two runs. ``ra2batch score`` replaces the whole output;
 ``ra2batch.nightly`` merges what changed.
 
-Fault tolerance is Ray Data's: a model actor that dies is restarted and its lost calls are replayed
-(actor pools default to unlimited ``max_restarts`` and ``max_task_retries``), and a lost decode or
-reduce task is retried. Every stage is a deterministic function of its input rows, so a replay yields
-the same rows, and a reduce task writes its bucket's files under names of its own, so a retry
-replaces its earlier attempt's files rather than adding to them.
+Fault tolerance is Ray's: a model actor that dies is restarted and its lost calls are replayed
+(unlimited ``max_restarts`` and ``max_task_retries``: set by ``model_pool``, Ray Data's default for
+its actor pools), and a lost decode or reduce task is retried. Every stage is a deterministic
+function of its input rows, so a replay yields the same rows, and a reduce task writes its bucket's
+files under names of its own, so a retry replaces its earlier attempt's files rather than adding to them.
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -53,12 +52,12 @@ from ra2batch.catalogue import COLUMNS, ID_COLUMN
 from ra2batch.cluster import ClusterError, connect
 from ra2batch.job.assemble import prediction_columns
 from ra2batch.job.config import JobConfig
-from ra2batch.job.decode import decode_dataset, listing_dataset
+from ra2batch.job.decode import decode_dataset
 from ra2batch.job.inputs import list_inputs
-from ra2batch.job.model_pool import (JOB_CPUS, Pool, PoolError, block_slices, running_pools, score_on_pool,
-                                     unreserved)
+from ra2batch.job.model_pool import (JOB_CPUS, Pool, PoolError, block_slices, running_pools, score_on_job_actors,
+                                     score_on_pool, unreserved)
 from ra2batch.job.plan import RunPlan, full_plan, merge_plan
-from ra2batch.job.predictors import DecodeDetectAndScore, DetectAndScore, Detector, JointScorer, ModelSource
+from ra2batch.job.predictors import Detector, JointScorer, ModelSource
 from ra2batch.job.reduce import SAMPLE, ReducePlan, reduce_bucket
 from ra2batch.job.tables import REDUCE
 from ra2batch.models import BundleError, ModelBundle, load_bundle
@@ -116,6 +115,7 @@ class JobSummary:
     errors: list[str] = field(default_factory=list)
     ignored_files: int = 0
     model_actors: str = ""
+    models_up_s: float | None = None  # seconds from the job's start until its own model actors had loaded the models
     bundle_warning: str | None = None  # the bundle failed its quality check when it was trained
 
     @property
@@ -146,7 +146,9 @@ class JobSummary:
                      f"{self.images_error} in error{self._rejected}; {self.patients} patient(s), {self.joints} joint scores"]
         if self.scored:
             lines.append(f"{self.seconds:.1f} s, {self.images_per_second:.2f} radiographs/s on {self.cluster}, "
-                         f"model {self.model_version}" + (f" on {self.model_actors}" if self.model_actors else ""))
+                         f"model {self.model_version}" + (f" on {self.model_actors}" if self.model_actors else "")
+                         + (f" (models loaded {self.models_up_s:.1f} s into the job; a warm pool, `ra2batch pool "
+                            "start`, keeps them loaded between jobs)" if self.models_up_s is not None else ""))
         if self.bundle_warning:
             lines.append(f"warning: {self.bundle_warning}")
         if not self.listed:
@@ -178,8 +180,9 @@ def default_bundle() -> str:
 
 def build_dataset(files: pd.DataFrame, fs: Any, models: str, model_options: dict[str, Any] | None,
                   cfg: JobConfig) -> ray.data.Dataset:
-    """The streaming pipeline over the listed ``files`` with the job's own model actors (``cfg``
-    resolved); yields ``REDUCE`` rows (no pixels, no crops)."""
+    """The streaming pipeline over the listed ``files`` with separate detector and joint-model actor
+    pools (``cfg`` resolved, not ``fuse_models``: the GPU layout, each model with its own GPU share and
+    batch size); yields ``REDUCE`` rows (no pixels, no crops)."""
     def actors(n: int | None, gpus: float | None) -> dict[str, Any]:
         return {
             "compute": ray.data.ActorPoolStrategy(size=n), "num_cpus": cfg.actor_cpus,
@@ -189,19 +192,8 @@ def build_dataset(files: pd.DataFrame, fs: Any, models: str, model_options: dict
     def source(gpus: float | None) -> ModelSource:
         return ModelSource(models, model_options, cfg.torch_threads or 1, bool(gpus))
 
-    if cfg.decode_in_actors:
-        return listing_dataset(files, cfg).map_batches(
-            DecodeDetectAndScore, batch_format="pandas", batch_size=None,
-            fn_constructor_kwargs={"fs": fs, "source": source(cfg.detector_gpus), **cfg.scoring_options()},
-            **actors(cfg.detector_actors, cfg.detector_gpus))
-    decoded = decode_dataset(files, fs, cfg)
-    if cfg.fuse_models:
-        return decoded.map_batches(
-            DetectAndScore, batch_format="pyarrow", batch_size=cfg.detector_batch_size,
-            fn_constructor_kwargs={"source": source(cfg.detector_gpus), **cfg.scoring_options()},
-            **actors(cfg.detector_actors, cfg.detector_gpus))
     return (
-        decoded
+        decode_dataset(files, fs, cfg)
         .map_batches(Detector, batch_format="pyarrow", batch_size=cfg.detector_batch_size,
                      fn_constructor_kwargs={"source": source(cfg.detector_gpus), "batch_size": cfg.detector_batch_size},
                      **actors(cfg.detector_actors, cfg.detector_gpus))
@@ -212,16 +204,20 @@ def build_dataset(files: pd.DataFrame, fs: Any, models: str, model_options: dict
     )
 
 
-#: The model stage's output, not yet run: the job's own actors' dataset, or a warm pool's tables as they finish.
+#: The model stage's output, not yet run: the separate model pools' dataset, or a model pool's tables as they finish.
 Stream = ray.data.Dataset | Iterator[ray.ObjectRef]
 
 
-def _score(files: pd.DataFrame, fs: Any, models: str, model_options: dict[str, Any] | None, cfg: JobConfig,
-           pool: Pool | None) -> Stream:
-    """The ``REDUCE`` rows of the scored ``files``, on the warm ``pool`` or on the job's own actors
-    (run as the reduce stage reads them)."""
+def model_stage(files: pd.DataFrame, fs: Any, models: str, model_options: dict[str, Any] | None, cfg: JobConfig,
+                pool: Pool | None, version: str, on_ready: Callable[[], None] = lambda: None) -> Stream:
+    """The ``REDUCE`` rows of the scored ``files`` (``cfg`` resolved), run as the reduce stage reads
+    them: on the warm ``pool``; else on the job's own fused actors (``model_pool.score_on_job_actors``;
+    ``on_ready()`` once they have loaded the bundle ``version``); else on separate detector and
+    joint-model actor pools (:func:`build_dataset`)."""
     if pool is not None:
-        return score_on_pool(files, fs, cfg, pool, cfg.scoring_options())
+        return score_on_pool(files, fs, cfg, pool.handles, pool.describe()["decodes"], cfg.scoring_options())
+    if cfg.fuse_models:
+        return score_on_job_actors(files, fs, models, model_options, version, cfg, on_ready)
     return build_dataset(files, fs, models, model_options, cfg)
 
 
@@ -463,13 +459,15 @@ def run_job(kind: str, input: str, output: str, *, models: str | None = None, ma
                     raise JobInputError(f"{output} has {current.buckets} buckets; a nightly run keeps them (score the "
                                    "archive again with `ra2batch score --buckets N` to change them)")
                 plan = merge_plan(listing.files, current, bundle.model_version, full)
-            stream, actors, cfg = None, "", config
+            stream, actors, cfg, up = None, "", config, {}
             if len(plan.files):
                 pool, resources = _choose_pool(config.model_pool, bundle.model_version)
                 cfg = config.resolved(resources, files=len(plan.files))
                 if pool is None:
                     _check_fits(cfg, resources)
-                stream = _score(plan.files, resolve(input, storage_options).fs, models, model_options, cfg, pool)
+                stream = model_stage(plan.files, resolve(input, storage_options).fs, models, model_options, cfg, pool,
+                                     bundle.model_version,
+                                     on_ready=lambda: up.setdefault("s", time.perf_counter() - started))
                 actors = (f"the warm model pool ({len(pool.names)} actor(s))" if pool else
                           f"{cfg.detector_actors + (0 if cfg.fuse_models else cfg.scorer_actors)} job actor(s)")
             row, totals = write_run(run, plan, stream, bundle.model_version, bundle.label_medians, expected,
@@ -483,7 +481,7 @@ def run_job(kind: str, input: str, output: str, *, models: str | None = None, ma
         joints=totals["joints"],
         seconds=time.perf_counter() - started, model_version=bundle.model_version, full=bool(info["full"]),
         cluster=f"{_describe(ray.cluster_resources())}, {where}", duplicates=totals.duplicates, n_duplicates=totals["duplicates"],
-        errors=totals.errors, ignored_files=listing.ignored, model_actors=actors,
+        errors=totals.errors, ignored_files=listing.ignored, model_actors=actors, models_up_s=up.get("s"),
         bundle_warning=bundle.manifest.quality_warning(),
         outputs={**{name: out.uri_of(name) for name in ("patients", "joints", "images", "catalogue", "runs")},
                  PREDICTIONS: out.uri_of(PREDICTIONS)},

@@ -195,13 +195,15 @@ class DetectAndScore:
 
 
 class DecodeDetectAndScore:
-    """:class:`DetectAndScore` that first reads and decodes its listed files (``decode.decode_files``):
-    the CPU-only layout (``JobConfig.decode_in_actors``), where the same cores would decode them in
-    tasks anyway; no decode worker processes start and no pixels cross the object store."""
+    """A :class:`DetectAndScore` ``stage`` that first reads and decodes its listed files
+    (``decode.decode_files``): what a fused model actor does with each block of files when it decodes
+    them itself (``model_pool.PoolWorker.score_files``, the CPU-only layout) and what in-process
+    scoring does (``inference.score_files``). No decode worker process starts and no pixels cross
+    the object store."""
 
-    def __init__(self, fs: Any, source: ModelSource | ModelBundle, **options: Any):
+    def __init__(self, fs: Any, stage: DetectAndScore):
         self.fs = fs
-        self.stage = DetectAndScore(source, **options)
+        self.stage = stage
 
     def __call__(self, batch: pd.DataFrame) -> pa.Table:
         return self.stage(decode_files(batch, fs=self.fs))
