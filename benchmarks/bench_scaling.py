@@ -5,7 +5,8 @@
 The same archive (``--patients`` x 4 radiographs) is scored by the Ray Data job on a fresh local
 cluster of each ``--cpus`` size, once on a warm model pool started with the cluster and once with the
 job's own model actors (``bench_scoring.py``'s ``job`` workload: each run a fresh process, the
-cluster's start-up excluded, the figure from the run of median wall time). Each run is held to
+cluster's start-up excluded, the figure from the run of median wall time). The repeats go in rounds,
+one run of each kind per round, so that a slow spell of the machine does not fall on one kind only. Each run is held to
 ``--cpus`` cores of the machine (CPU affinity, inherited by Ray's processes), memory sampled only
 every 5 s, so that the daemons, the driver and the sampler share the cores the run is given. Reports radiographs/s
 (whole job) and, for the job's own actors, the seconds until they had loaded the models (worker start, torch
@@ -86,23 +87,27 @@ def main(argv: list[str] | None = None) -> int:
     cores = sorted(os.sched_getaffinity(0))
     if max(args.cpus) > len(cores):
         p.error(f"--cpus {max(args.cpus)}: this machine has {len(cores)} cores")
-    runs: dict[str, dict[int, dict[str, Any]]] = {pool: {} for pool in args.pools}
+    kinds = [(cpus, pool) for cpus in sorted(args.cpus) for pool in args.pools]
+    tries: dict[tuple[int, str], list[dict[str, Any]]] = {kind: [] for kind in kinds}
     with tempfile.TemporaryDirectory(prefix="ra2scale-") as scratch:
-        for cpus in sorted(args.cpus):
-            for pool in args.pools:
+        for i in range(args.repeats):  # one run of each kind per round: a slow spell of the machine hits every kind
+            for cpus, pool in kinds:
                 spec = Spec(kind="job", input=str(archive.root / "images"), files=files, models=models, threads=1,
                             cpus=cpus, job_config={"model_pool": pool})
-                tries = [_pinned(cores[:cpus], lambda i=i: measure(spec, f"{pool}-{cpus}-{i}", Path(scratch), 5.0))
-                         for i in range(args.repeats)]
-                run = median_run(tries)
-                runs[pool][cpus] = {k: run[k] for k in ("wall_s", "radiographs_per_second", "startup_s", "models_up_s",
-                                                        "model_actors", "config", "repeats", "joints")}
-                # (a warm pool's models were loaded before the job started)
-                runs[pool][cpus]["steady_radiographs_per_second"] = steady_throughput(run) if pool == "job" else None
-                up = run["models_up_s"] if pool == "job" else None
-                print(f"{POOLS[pool]:>17}, {cpus} CPU(s): {run['radiographs_per_second']:.2f} radiographs/s "
-                      f"({len(files)} in {run['wall_s']:.1f} s; walls {[round(t['wall_s'], 1) for t in run['repeats']]})"
-                      + (f"; models loaded after {up:.1f} s" if up is not None else ""), flush=True)
+                run = _pinned(cores[:cpus], lambda: measure(spec, f"{pool}-{cpus}-{i}", Path(scratch), 5.0))
+                tries[cpus, pool].append(run)
+                print(f"round {i + 1}: {POOLS[pool]}, {cpus} CPU(s): {len(files)} in {run['wall_s']:.1f} s", flush=True)
+    runs: dict[str, dict[int, dict[str, Any]]] = {pool: {} for pool in args.pools}
+    for (cpus, pool), kind_tries in tries.items():
+        run = median_run(kind_tries)
+        runs[pool][cpus] = {k: run[k] for k in ("wall_s", "radiographs_per_second", "startup_s", "models_up_s",
+                                                "model_actors", "config", "repeats", "joints")}
+        # (a warm pool's models were loaded before the job started)
+        runs[pool][cpus]["steady_radiographs_per_second"] = steady_throughput(run) if pool == "job" else None
+        up = run["models_up_s"] if pool == "job" else None
+        print(f"{POOLS[pool]:>17}, {cpus} CPU(s): {run['radiographs_per_second']:.2f} radiographs/s "
+              f"({len(files)} in {run['wall_s']:.1f} s; walls {[round(t['wall_s'], 1) for t in run['repeats']]})"
+              + (f"; models loaded after {up:.1f} s" if up is not None else ""), flush=True)
     base = min(args.cpus)
     scaling = {}
     for pool, by_cpus in runs.items():

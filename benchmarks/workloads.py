@@ -247,9 +247,11 @@ def _ray_data_stats(ray_dir: Path, since: float) -> dict[str, dict[str, float]]:
         values = {k: re.search(rf"'{key}': ([0-9.e+-]+)", m["metrics"]) for k, key in _METRICS.items()}
         stats[m["op"]] = {k: float(v[1]) for k, v in values.items() if v}
     for m in _FIRST_TASK.finditer(text):
-        if m["op"] in stats and "first_task_s" not in stats[m["op"]]:
+        if m["op"] in stats and "first_task_s" not in stats[m["op"]] and _stamp(m["ts"]) >= since:
             stats[m["op"]]["first_task_s"] = _stamp(m["ts"]) - since
-    return stats
+    # (Ray Data logs an operator's completion late, e.g. the start-up dataset's at shutdown: an operator
+    # whose first task ran before the job is not the job's)
+    return {op: s for op, s in stats.items() if "first_task_s" in s}
 
 
 RUNS = {"naive": run_naive, "bound": run_bound, "job": run_job}

@@ -9,10 +9,9 @@ Two kinds share one dispatcher (:func:`score_on_pool`):
   weights) sends its work there (``JobConfig.model_pool``); the job's pool sizes and GPU shares then
   do not apply, its batch sizes and scoring options do. The pool holds its CPUs and GPUs until stopped.
 - A **job's own pool** (:func:`score_on_job_actors`): the same actors, anonymous, started by one job
-  and killed as its model stage ends (their CPUs go to the reduce stage). Fused actors are not a Ray
-  Data actor pool: Ray Data's streaming executor runs in the driver and, on a small cluster, took
-  CPU from the actors; on 2 cores, 1,200 radiographs went from 13.4 to 18.2 radiographs/s with
-  this dispatcher (``benchmarks/bench_scaling.py``).
+  and killed as its model stage ends (their CPUs go to the reduce stage). They were a Ray Data actor
+  pool; on this dispatcher they get the same blocks and queueing as a warm pool, and so scale with
+  CPUs as it does (``benchmarks/bench_scaling.py``).
 
 On a CPU-only pool the actors also read and decode the files: the same cores would decode them
 anyway, and a job then starts no Ray worker process at all (a new worker costs 0.6-1 s of CPU to
