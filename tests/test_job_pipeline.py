@@ -442,6 +442,23 @@ def test_a_pool_leaves_its_jobs_a_cpu_and_reserves_none_on_a_one_cpu_cluster():
             assert cpus - actors * pool_actor_cpus(cpus, actors) >= min(cpus, JOB_CPUS) - 1e-9
 
 
+def test_the_tasks_beside_the_model_actors_do_not_import_torch():
+    """Decoding, the concatenation before the shuffle and the reduce run in worker processes of their
+    own, each importing the module that defines its function: torch, torchvision and timm there would
+    take each such worker about 5 s of CPU from the models."""
+    import subprocess
+    import sys
+
+    from ra2batch.job import coalesce, decode, reduce
+
+    modules = sorted({f.__module__ for f in (decode.decode_files, coalesce._concat._function, reduce.reduce_bucket)})
+    assert len(modules) == 3
+    code = (f"import importlib, sys; [importlib.import_module(m) for m in {modules!r}]; "
+            "print([m for m in ('torch', 'torchvision', 'timm') if m in sys.modules])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
 def test_model_actors_the_cluster_could_never_start_are_refused(ray_local, tiny_bundle, tmp_path):
     from ra2batch.job import score_archive
     from ra2batch.job.config import JobConfig

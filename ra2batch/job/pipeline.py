@@ -38,19 +38,19 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import ray
-from ray.data.block import BlockAccessor, BlockMetadataWithSchema
 from ray.data.context import ShuffleStrategy
 
 from ra2batch.catalogue import COLUMNS, ID_COLUMN
 from ra2batch.cluster import ClusterError, connect
 from ra2batch.job.assemble import prediction_columns
+from ra2batch.job.coalesce import Piece, coalesced
 from ra2batch.job.config import JobConfig
 from ra2batch.job.decode import decode_dataset
 from ra2batch.job.inputs import list_inputs
@@ -59,7 +59,6 @@ from ra2batch.job.model_pool import (JOB_CPUS, Pool, PoolError, block_slices, ru
 from ra2batch.job.plan import RunPlan, full_plan, merge_plan
 from ra2batch.job.predictors import Detector, JointScorer, ModelSource
 from ra2batch.job.reduce import SAMPLE, ReducePlan, reduce_bucket
-from ra2batch.job.tables import REDUCE
 from ra2batch.models import BundleError, ModelBundle, load_bundle
 from ra2batch.output import OutputBusy, Snapshot
 from ra2batch.output.delta import CommitConflict
@@ -73,9 +72,6 @@ from ra2batch.storage import resolve
 DEMO_BUNDLE = Path(__file__).resolve().parent.parent / "demo_bundle"
 #: Shuffle partitions of the reduce stage, at most (each holds one or more buckets).
 MAX_PARTITIONS = 1024
-#: Model-stage blocks per input block of the reduce stage's shuffle, and its bytes, at most (``_coalesced``).
-COALESCE_BLOCKS = 32
-COALESCE_BYTES = 64 * 2**20
 
 
 class JobError(RuntimeError):
@@ -244,70 +240,12 @@ class Totals:
         return self.counts.get(key, 0)
 
 
-@ray.remote(num_cpus=0, num_returns=2)
-def _concat(bounds: list[tuple[int, int] | None], *blocks: Any) -> tuple[pa.Table, BlockMetadataWithSchema]:
-    """One Arrow table of ``blocks``, each cut to its ``(start, end)`` rows where it has bounds, and
-    its block metadata. Reserves no CPU: it copies a few MiB, while the model actors hold every CPU."""
-    tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
-    tables = [t if b is None else t.slice(b[0], b[1] - b[0]) for t, b in zip(tables, bounds)]
-    table = pa.concat_tables(tables, promote_options="default")
-    return table, BlockMetadataWithSchema.from_block(table)
-
-
-def _pieces(stream: Stream) -> Iterator[tuple[ray.ObjectRef, tuple[int, int] | None, int]]:
+def _pieces(stream: Stream) -> Iterator[Piece]:
     """``(block, (start, end) rows or None, bytes)`` of ``stream``'s blocks as they finish (the model
     stage runs here); a pool's tables have no known size (0)."""
     if isinstance(stream, ray.data.Dataset):
         return block_slices(stream)
     return ((ref, None, 0) for ref in stream)
-
-
-def _known_blocks(refs: list[ray.ObjectRef], metadata: list[BlockMetadataWithSchema]) -> ray.data.Dataset:
-    """A dataset of Arrow blocks whose metadata is known: what ``ray.data.from_arrow_refs`` builds,
-    without the metadata task it runs per block (each waits for a whole CPU, so for the model actors
-    to end, and for a worker process to start: 2-3 s of every job on 2 cores). Ray Data 2.60's own
-    construction of that dataset."""
-    from ray.data._internal.logical.interfaces import LogicalPlan
-    from ray.data._internal.logical.operators.from_operators import FromArrow
-    from ray.data._internal.stats import DatasetStats
-    from ray.data.dataset import MaterializedDataset
-
-    context = ray.data.DataContext.get_current().copy()
-    return MaterializedDataset(LogicalPlan(FromArrow(refs, metadata), context), context,
-                               DatasetStats(metadata={"FromArrow": metadata}, parent=None))
-
-
-def _groups(pieces: Iterable[tuple[ray.ObjectRef, tuple[int, int] | None, int]]
-            ) -> Iterator[list[tuple[ray.ObjectRef, tuple[int, int] | None]]]:
-    """``(block, rows)`` of ``pieces`` in groups of at most ``COALESCE_BLOCKS`` blocks and
-    ``COALESCE_BYTES``, each yielded as soon as it is full."""
-    group: list[tuple[ray.ObjectRef, tuple[int, int] | None]] = []
-    size = 0
-    for ref, rows, n in pieces:
-        if group and (len(group) >= COALESCE_BLOCKS or size + n > COALESCE_BYTES):
-            yield group
-            group, size = [], 0
-        group.append((ref, rows))
-        size += n
-    if group:
-        yield group
-
-
-def _coalesced(pieces: Iterable[tuple[ray.ObjectRef, tuple[int, int] | None, int]]) -> ray.data.Dataset:
-    """The model stage's blocks (``_pieces``) concatenated, up to ``COALESCE_BLOCKS`` blocks or
-    ``COALESCE_BYTES`` a block.
-
-    The model stage emits a block per call of about ``files_per_decode_task`` files, and Ray Data's
-    shuffle runs a task per input block, at about 0.15 s each on 2 busy cores: 100 blocks cost 17-20
-    s of an 800-radiograph job, three times what the models left. Each group is concatenated as soon
-    as it is full, while the models work on. The driver holds references and block metadata only.
-    """
-    # (table, its metadata) per group, each submitted as soon as its group is full
-    concatenated = [_concat.remote([b for _, b in g], *[r for r, _ in g]) for g in _groups(pieces)]
-    if not concatenated:
-        empty = REDUCE.empty_table()
-        return _known_blocks([ray.put(empty)], [BlockMetadataWithSchema.from_block(empty)])
-    return _known_blocks([table for table, _ in concatenated], ray.get([meta for _, meta in concatenated]))
 
 
 def reduce_and_write(stream: Stream | None, plan: RunPlan, reduce: ReducePlan) -> Totals:
@@ -318,7 +256,7 @@ def reduce_and_write(stream: Stream | None, plan: RunPlan, reduce: ReducePlan) -
         return totals
     # the removed files' rows are few and here: one more block
     removed = [(ray.put(plan.removed), None, plan.removed.nbytes)] if plan.removed.num_rows else []
-    rows = _coalesced(itertools.chain(_pieces(stream) if stream is not None else (), removed))
+    rows = coalesced(itertools.chain(_pieces(stream) if stream is not None else (), removed))
     if plan.partitions == 1:
         # a nightly run of a few files: Ray Data's task-based sort shuffle starts no aggregator process
         # (1-2 s on 2 cores); larger reduces keep its default hash shuffle, whose driver memory does not
