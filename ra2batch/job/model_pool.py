@@ -34,6 +34,7 @@ import pandas as pd
 import pyarrow as pa
 import ray
 
+from ra2batch.job.coalesce import Piece
 from ra2batch.job.config import JobConfig
 from ra2batch.job.decode import decode_dataset, even_blocks
 from ra2batch.job.predictors import DecodeDetectAndScore, DetectAndScore, ModelSource
@@ -248,9 +249,9 @@ def _even_parts(records: list[Any], step: int, multiple: int) -> list[list[Any]]
     return [records[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
-def block_slices(dataset: ray.data.Dataset) -> Iterator[tuple[ray.ObjectRef, tuple[int, int] | None, int]]:
-    """``(block, its (start, end) rows or None for all, bytes)`` of ``dataset``'s output blocks as they
-    finish (the dataset runs here); the driver holds references only."""
+def block_slices(dataset: ray.data.Dataset) -> Iterator[Piece]:
+    """A ``coalesce.Piece`` for each of ``dataset``'s output blocks as they finish (the dataset runs
+    here); the driver holds references only."""
     for bundle in dataset.iter_internal_ref_bundles():
         for entry, piece in zip(bundle.blocks, bundle.slices):
             yield (entry.ref, None if piece is None else (piece.start_offset, piece.end_offset),
